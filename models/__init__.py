@@ -1,0 +1,2 @@
+"""Models: one Config + PreTrainedModel per file, registered with the Auto classes (captioning and segmentation
+issues)."""
