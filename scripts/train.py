@@ -1,0 +1,339 @@
+"""Train any task of this project with Accelerate: one loop for captioning, segmentation and both.
+
+    accelerate launch scripts/train.py --task segment --dataset shapes --output-dir runs/seg
+    accelerate launch scripts/train.py --task caption --dataset flickr8k_captions_json --root ../shared/data/flickr8k
+    accelerate launch --num_processes 2 --cpu scripts/train.py --task segment ...   # two CPU processes
+    python scripts/train.py --task segment ... --resume latest                        # continue exactly
+
+The task (``--task``, see ``models/task.py``) supplies the model, the data transforms, the loss and the
+validation; this file owns only the loop: AdamW with warm-up + cosine schedule, gradient accumulation and
+clipping, bf16 autocast, checkpoints every N steps, ``--resume`` (model, optimizer, schedule, RNG and data
+position), TensorBoard scalars, a progress bar, validation every epoch, the best model by the task's metric in
+``OUTPUT_DIR/best`` and ``--push-to-hub``. ``python scripts/train.py --task NAME --help`` lists a task's flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from accelerate import Accelerator  # noqa: E402
+from accelerate.logging import get_logger  # noqa: E402
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+from transformers import get_scheduler  # noqa: E402
+
+from datasets_cfg import DatasetError, load_config, load_dataset_from_config, resolve_config_path  # noqa: E402
+from models.task import TASKS  # noqa: E402
+from models.training_curves import plot_training_curves  # noqa: E402
+
+logger = get_logger("train")
+
+
+def import_tasks() -> None:
+    """Tasks register themselves when their module is imported."""
+    import importlib
+
+    for module in ("models.segmentation_task", "models.caption_task", "models.caption_seg_task"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:  # a task that exists but cannot import is a real error
+                raise
+
+
+def build_parser(task_name: str | None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--task", required=True, choices=sorted(TASKS), help="what to train")
+    g.add_argument("--dataset", required=True, help="dataset YAML path or shipped name (shapes, camvid, ...)")
+    g.add_argument("--root", help="the dataset's folder (wins over the YAML's root)")
+    g.add_argument("--data-set", action="append", default=[], metavar="KEY=VALUE", help="override a dataset YAML key")
+    g.add_argument("--train-split", default="train")
+    g.add_argument("--eval-split", default="validation")
+    g.add_argument("--max-train-samples", type=int, help="use only the first N training rows")
+    g.add_argument("--max-eval-samples", type=int, help="use only the first N validation rows")
+    g.add_argument("--cache-dir", help="Arrow cache folder (default: the datasets cache)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--output-dir", required=True)
+    g.add_argument("--epochs", type=int, default=10)
+    g.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs)")
+    g.add_argument("--time-budget-min", type=float, help="stop training after this many minutes, then validate")
+    g.add_argument("--stop-after-steps", type=int,
+                   help="pause after this many steps (checkpointed, schedule unchanged); continue with --resume")
+    g.add_argument("--batch-size", type=int, default=16, help="per process")
+    g.add_argument("--eval-batch-size", type=int, default=32, help="per process")
+    g.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--scheduler", default="cosine", choices=["cosine", "linear", "constant_with_warmup"])
+    g.add_argument("--warmup-steps", type=int, default=30)
+    g.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping")
+    g.add_argument("--bf16", action="store_true", help="bf16 autocast (also on CPU)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--threads", type=int, help="torch threads per process (default: torch's choice)")
+    g.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    g = p.add_argument_group("checkpoints and logging")
+    g.add_argument("--checkpoint-every", type=int, default=0, help="save a resumable checkpoint every N steps (0: per epoch)")
+    g.add_argument("--keep-checkpoints", type=int, default=2)
+    g.add_argument("--resume", help="checkpoint folder to continue from, or 'latest'")
+    g.add_argument("--eval-every-epochs", type=int, default=1)
+    g.add_argument("--logging-steps", type=int, default=10)
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    g.add_argument("--push-to-hub", action="store_true", help="push the best model with push_to_hub at the end")
+    g.add_argument("--hub-model-id", help="repository id for --push-to-hub (default: the output folder's name)")
+    if task_name in TASKS:
+        TASKS[task_name].add_arguments(p.add_argument_group(f"task '{task_name}'"))
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    import_tasks()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--task")
+    known, _ = pre.parse_known_args(argv)
+    args = build_parser(known.task).parse_args(argv)
+    for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "eval_every_epochs", "logging_steps"):
+        if getattr(args, name) < 1:
+            build_parser(None).error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def parse_overrides(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise DatasetError(f"--data-set expects KEY=VALUE, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+class LoopState:
+    """Where the loop is, saved in every checkpoint next to Accelerate's model/optimizer/scheduler/RNG state."""
+
+    def __init__(self):
+        self.global_step = 0  # optimizer steps done
+        self.epoch = 0  # current epoch
+        self.batches_in_epoch = 0  # micro-batches of the current epoch already consumed
+        self.best_metric: float | None = None
+        self.best_step: int | None = None
+
+    def state_dict(self) -> dict:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict) -> None:
+        vars(self).update(state)
+
+
+def find_checkpoint(output_dir: Path, resume: str) -> Path:
+    if resume != "latest":
+        path = Path(resume)
+        if not path.is_dir():
+            raise SystemExit(f"error: --resume {resume}: no such checkpoint folder")
+        return path
+    found = sorted((output_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+    if not found:
+        raise SystemExit(f"error: --resume latest: no checkpoint under {output_dir / 'checkpoints'}")
+    return found[-1]
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int) -> None:
+    folder = output_dir / "checkpoints" / f"step_{step}"
+    if folder.is_dir():  # already saved at this step (e.g. --checkpoint-every fell on the last step)
+        return
+    accelerator.save_state(str(folder))  # model, optimizer, scheduler, RNG, sampler and LoopState; safetensors
+    if accelerator.is_main_process:
+        found = sorted((output_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+        for old in found[: max(len(found) - keep, 0)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.grad_accum,
+        mixed_precision="bf16" if args.bf16 else "no",
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        # A seeded sampler makes the shuffle order a function of (seed, epoch): what exact --resume needs.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(args.seed)
+    try:
+        data_config = load_config(resolve_config_path(args.dataset), **parse_overrides(args.data_set))
+        # The main process builds the Arrow cache first; the others then read it instead of racing to write it.
+        with accelerator.main_process_first():
+            data = load_dataset_from_config(data_config, root=args.root, cache_dir=args.cache_dir,
+                                            splits=[args.train_split, args.eval_split])
+    except DatasetError as err:
+        accelerator.print(f"error: {err}")
+        return 2
+    if args.max_train_samples:
+        data[args.train_split] = data[args.train_split].select(range(min(args.max_train_samples, data[args.train_split].num_rows)))
+    if args.max_eval_samples:
+        data[args.eval_split] = data[args.eval_split].select(range(min(args.max_eval_samples, data[args.eval_split].num_rows)))
+
+    task = TASKS[args.task](args, data, data_config)
+    model = task.build_model()
+    train_dl = DataLoader(task.train_dataset(), batch_size=args.batch_size, shuffle=True, collate_fn=task.collate,
+                          num_workers=args.num_workers, drop_last=False,
+                          # Its own generator, so that making an iterator never draws from the global RNG that
+                          # dropout uses (a resumed run would otherwise draw once more than the uninterrupted one).
+                          generator=torch.Generator().manual_seed(args.seed))
+    eval_dl = DataLoader(task.eval_dataset(), batch_size=args.eval_batch_size, shuffle=False,
+                         collate_fn=task.eval_collate, num_workers=args.num_workers,
+                         generator=torch.Generator().manual_seed(args.seed))
+    optimizer = torch.optim.AdamW(task.param_groups(model), lr=args.lr, weight_decay=args.weight_decay)
+    model, optimizer, train_dl, eval_dl = accelerator.prepare(model, optimizer, train_dl, eval_dl)
+
+    steps_per_epoch = math.ceil(len(train_dl) / args.grad_accum)
+    max_steps = args.max_steps or args.epochs * steps_per_epoch
+    num_epochs = math.ceil(max_steps / steps_per_epoch)
+    scheduler = get_scheduler(args.scheduler, optimizer, num_warmup_steps=min(args.warmup_steps, max_steps),
+                              num_training_steps=max_steps)
+    scheduler = accelerator.prepare(scheduler)
+    state = LoopState()
+    accelerator.register_for_checkpointing(state)
+
+    if args.resume:
+        ckpt = find_checkpoint(output_dir, args.resume)
+        accelerator.load_state(str(ckpt))
+        accelerator.print(f"resumed from {ckpt}: step {state.global_step}, epoch {state.epoch}, "
+                          f"{state.batches_in_epoch} batches into it")
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "train_args.json").write_text(json.dumps(
+            {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}, indent=2))
+    accelerator.init_trackers("train", config={k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool))})
+
+    logger.info(f"task {args.task}: {data[args.train_split].num_rows} training rows, {len(train_dl)} batches per "
+                f"epoch per process, {accelerator.num_processes} process(es), {max_steps} optimizer steps", main_process_only=True)
+    bar = tqdm(total=max_steps, initial=state.global_step, desc=f"train {args.task}", dynamic_ncols=True,
+               disable=args.no_progress or not accelerator.is_local_main_process)
+    history_path = output_dir / "history.jsonl"
+    start, stop_reason = time.monotonic(), None
+    running: dict[str, float] = {}
+    running_n = 0
+    while state.epoch < num_epochs and stop_reason is None:
+        train_dl.set_epoch(state.epoch)
+        task.set_epoch(state.epoch)
+        model.train()
+        epoch_dl = accelerator.skip_first_batches(train_dl, state.batches_in_epoch) if state.batches_in_epoch else train_dl
+        for batch in epoch_dl:
+            with accelerator.accumulate(model):
+                loss, logs = task.training_step(model, batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            state.batches_in_epoch += 1
+            for k, v in {"loss": loss.detach().float().item(), **logs}.items():
+                running[k] = running.get(k, 0.0) + float(v)
+            running_n += 1
+            if not accelerator.sync_gradients:
+                continue
+            state.global_step += 1
+            bar.update(1)
+            if state.global_step % args.logging_steps == 0 or state.global_step == max_steps:
+                scalars = {f"train/{k}": v / running_n for k, v in running.items()}
+                scalars["train/lr"] = scheduler.get_last_lr()[0]
+                accelerator.log(scalars, step=state.global_step)
+                bar.set_postfix(loss=f"{scalars['train/loss']:.4f}")
+                if accelerator.is_main_process:
+                    with history_path.open("a") as f:
+                        f.write(json.dumps({"step": state.global_step, **scalars}) + "\n")
+                running, running_n = {}, 0
+            if args.checkpoint_every and state.global_step % args.checkpoint_every == 0:
+                save_checkpoint(accelerator, output_dir, state.global_step, args.keep_checkpoints)
+            if state.global_step >= max_steps:
+                stop_reason = "max_steps"
+                break
+            if args.stop_after_steps and state.global_step >= args.stop_after_steps:
+                stop_reason = f"--stop-after-steps {args.stop_after_steps}"
+                break
+            if args.time_budget_min and (time.monotonic() - start) / 60 >= args.time_budget_min:
+                stop_reason = f"time budget of {args.time_budget_min} min"
+                break
+        else:
+            state.epoch += 1
+            state.batches_in_epoch = 0
+        last_epoch = stop_reason is not None or state.epoch >= num_epochs
+        if last_epoch or state.epoch % args.eval_every_epochs == 0:
+            validate(accelerator, task, model, eval_dl, state, output_dir, history_path)
+        if not args.checkpoint_every or last_epoch:
+            save_checkpoint(accelerator, output_dir, state.global_step, args.keep_checkpoints)
+    bar.close()
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        task.save_pretrained(accelerator.unwrap_model(model), str(output_dir / "last"))
+        plot_training_curves(history_path, output_dir / "training_curves.png")
+        accelerator.print(f"done ({stop_reason or 'all epochs'}) after {state.global_step} steps in "
+                          f"{(time.monotonic() - start) / 60:.1f} min; best {task.main_metric} "
+                          f"{state.best_metric} at step {state.best_step} -> {output_dir / 'best'}")
+        if args.push_to_hub:
+            repo_id = args.hub_model_id or output_dir.resolve().name
+            push_to_hub(type(accelerator.unwrap_model(model)), output_dir / "best", repo_id)
+            accelerator.print(f"pushed {output_dir / 'best'} to the Hub as {repo_id}")
+    accelerator.end_training()
+    return 0
+
+
+def push_to_hub(model_class, folder: Path, repo_id: str) -> None:
+    """Push the best model folder with the stock ``push_to_hub`` of the model and of its processor/tokenizer."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    model_class.from_pretrained(folder).push_to_hub(repo_id)
+    if (folder / "preprocessor_config.json").is_file():
+        AutoImageProcessor.from_pretrained(folder, trust_remote_code=True).push_to_hub(repo_id)
+    if (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file():
+        AutoTokenizer.from_pretrained(folder).push_to_hub(repo_id)
+
+
+def validate(accelerator, task, model, eval_dl, state: LoopState, output_dir: Path, history_path: Path) -> None:
+    model.eval()
+    with torch.no_grad():
+        metrics = task.evaluate(accelerator.unwrap_model(model), eval_dl, accelerator)
+    model.train()
+    if task.main_metric not in metrics:
+        raise RuntimeError(f"task {task.name} did not report its main metric {task.main_metric!r}")
+    scalars = {f"eval/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    accelerator.log(scalars, step=state.global_step)
+    value = float(metrics[task.main_metric])
+    better = state.best_metric is None or (value > state.best_metric if task.greater_is_better else value < state.best_metric)
+    summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float) and "/" not in k)
+    accelerator.print(f"validation at step {state.global_step} (epoch {state.epoch}): {summary}")
+    if better:
+        state.best_metric, state.best_step = value, state.global_step
+    if accelerator.is_main_process:
+        with history_path.open("a") as f:
+            f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **scalars}) + "\n")
+        if better:
+            task.save_pretrained(accelerator.unwrap_model(model), str(output_dir / "best"))
+            (output_dir / "best" / "eval_metrics.json").write_text(json.dumps(
+                {"step": state.global_step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}, indent=2))
+    accelerator.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())
