@@ -2,7 +2,7 @@
 
     accelerate launch scripts/train.py --task segment --dataset shapes --output-dir runs/seg
     accelerate launch scripts/train.py --task caption --dataset flickr8k_captions_json --root ../shared/data/flickr8k
-    accelerate launch --num_processes 2 --cpu scripts/train.py --task segment ...   # two CPU processes
+    accelerate launch --multi_gpu --num_processes 2 scripts/train.py --task segment ...  # two processes (CPU too)
     python scripts/train.py --task segment ... --resume latest                        # continue exactly
 
 The task (``--task``, see ``models/task.py``) supplies the model, the data transforms, the loss and the
@@ -42,10 +42,12 @@ from models.training_curves import plot_training_curves  # noqa: E402
 logger = get_logger("train")
 
 
-def import_tasks() -> None:
-    """Tasks register themselves when their module is imported."""
+def import_tasks(extra: list[str] = ()) -> None:
+    """Tasks register themselves when their module is imported; ``--task-module`` adds a module of your own."""
     import importlib
 
+    for module in extra:
+        importlib.import_module(module)
     for module in ("models.segmentation_task", "models.caption_task", "models.caption_seg_task"):
         try:
             importlib.import_module(module)
@@ -58,6 +60,8 @@ def build_parser(task_name: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--task", required=True, choices=sorted(TASKS), help="what to train")
+    g.add_argument("--task-module", action="append", default=[], metavar="MODULE",
+                   help="import this module first: a task of your own registered with models.task.register_task")
     g.add_argument("--dataset", required=True, help="dataset YAML path or shipped name (shapes, camvid, ...)")
     g.add_argument("--root", help="the dataset's folder (wins over the YAML's root)")
     g.add_argument("--data-set", action="append", default=[], metavar="KEY=VALUE", help="override a dataset YAML key")
@@ -83,6 +87,7 @@ def build_parser(task_name: str | None) -> argparse.ArgumentParser:
     g.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping")
     g.add_argument("--bf16", action="store_true", help="bf16 autocast (also on CPU)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
     g.add_argument("--threads", type=int, help="torch threads per process (default: torch's choice)")
     g.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     g = p.add_argument_group("checkpoints and logging")
@@ -100,10 +105,11 @@ def build_parser(task_name: str | None) -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    import_tasks()
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--task")
+    pre.add_argument("--task-module", action="append", default=[])
     known, _ = pre.parse_known_args(argv)
+    import_tasks(known.task_module)
     args = build_parser(known.task).parse_args(argv)
     for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "eval_every_epochs", "logging_steps"):
         if getattr(args, name) < 1:
@@ -166,7 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = Path(args.output_dir)
     if args.threads:
         torch.set_num_threads(args.threads)
+    # Accelerate runs several processes on CPU (gloo) only when told cpu=True: its launcher starts them with
+    # `accelerate launch --multi_gpu --num_processes N` (plain `--cpu` starts one), so say so when there is no GPU.
+    multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(
+        cpu=args.cpu or (multi_process and not torch.cuda.is_available()),
         gradient_accumulation_steps=args.grad_accum,
         mixed_precision="bf16" if args.bf16 else "no",
         log_with="tensorboard",

@@ -4,97 +4,18 @@ gradient accumulation, checkpoints, best-model selection, TensorBoard logs and c
 import json
 import math
 
-import numpy as np
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
-from transformers import PretrainedConfig, PreTrainedModel
 
-from models.task import TASKS, TrainingTask, register_task
-
-
-class ToyConfig(PretrainedConfig):
-    model_type = "captionseg_toy"
-
-    def __init__(self, num_classes=7, **kwargs):
-        self.num_classes = num_classes
-        super().__init__(**kwargs)
+import tests.toy_task  # noqa: F401  (registers --task toy)
+from scripts.train import main
+from tests.conftest import REPO
 
 
-class ToyModel(PreTrainedModel):
-    """Predicts which shape classes are present from a 16x16 thumbnail; has dropout so resume must restore RNG."""
-
-    config_class = ToyConfig
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.net = torch.nn.Sequential(
-            torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 32), torch.nn.ReLU(), torch.nn.Dropout(0.3),
-            torch.nn.Linear(32, config.num_classes),
-        )
-        self.post_init()
-
-    def forward(self, pixel_values):
-        return self.net(pixel_values)
-
-
-@register_task
-class ToyTask(TrainingTask):
-    name = "toy"
-    main_metric = "accuracy"
-
-    @classmethod
-    def add_arguments(cls, parser):
-        parser.add_argument("--toy-noise", type=float, default=0.1)
-
-    def build_model(self):
-        return ToyModel(ToyConfig())
-
-    def _rows(self, split):
-        ds = self.data[split]
-        return [(np.asarray(r["image"].resize((16, 16)), np.float32) / 255.0, r["mask_classes"]) for r in ds]
-
-    def train_dataset(self):
-        rows = self._rows(self.args.train_split)
-        task = self
-
-        class Noisy(torch.utils.data.Dataset):
-            # Random augmentation from the per-sample stream, as models/task.py asks of every task.
-            def __len__(self):
-                return len(rows)
-
-            def __getitem__(self, i):
-                img, classes = rows[i]
-                noise = task.sample_rng(i).normal(0, task.args.toy_noise, img.shape).astype(np.float32)
-                return img + noise, classes
-
-        return Noisy()
-
-    def eval_dataset(self):
-        return self._rows(self.args.eval_split)
-
-    def collate(self, examples):
-        x = torch.stack([torch.from_numpy(img).permute(2, 0, 1) for img, _ in examples])
-        y = torch.zeros(len(examples), 7)
-        for i, (_, classes) in enumerate(examples):
-            y[i, classes] = 1
-        return {"pixel_values": x, "labels": y}
-
-    def training_step(self, model, batch):
-        logits = model(batch["pixel_values"])
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["labels"])
-        return loss, {"positives": float(batch["labels"].mean())}
-
-    def evaluate(self, model, dataloader, accelerator):
-        correct = total = 0
-        for batch in dataloader:
-            pred = (model(batch["pixel_values"]) > 0).float()
-            pred, labels = accelerator.gather_for_metrics((pred, batch["labels"]))
-            correct += (pred == labels).float().sum().item()
-            total += labels.numel()
-        return {"accuracy": correct / total}
-
-
-from scripts.train import main  # noqa: E402  (after the toy task is registered)
 
 
 @pytest.fixture
@@ -156,3 +77,26 @@ def test_bad_flags_and_dataset_errors(tmp_path, base_args, capsys):
         main(base_args + ["--output-dir", str(tmp_path / "y"), "--batch-size", "0"])
     with pytest.raises(SystemExit, match="no checkpoint"):
         main(base_args + ["--output-dir", str(tmp_path / "z"), "--resume", "latest"])
+
+
+def test_two_processes_on_cpu(tmp_path, cache_dir):
+    """accelerate launch --num_processes 2: both shards train, validation is gathered, one model is saved."""
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+        str(REPO / "scripts" / "train.py"), "--task-module", "tests.toy_task", "--task", "toy",
+        "--dataset", "shapes", "--cache-dir", cache_dir, "--data-set", "num_train=40", "--data-set", "num_validation=10",
+        "--data-set", "num_test=0", "--data-set", "image_size=32", "--batch-size", "4", "--epochs", "2",
+        "--no-progress", "--output-dir", str(out), "--threads", "1",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "2 process(es)" in res.stderr + res.stdout
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    # 40 rows over 2 processes in batches of 4: 5 steps per epoch.
+    assert max(h["step"] for h in history) == 10
+    evals = [h["eval/accuracy"] for h in history if "eval/accuracy" in h]
+    assert len(evals) == 2 and all(0 <= e <= 1 for e in evals)
+    assert (out / "best" / "model.safetensors").is_file()
