@@ -1,0 +1,1 @@
+"""Metrics as ``evaluate`` modules stored in this repository and loaded by path (``evaluate.load("metrics/NAME")``)."""

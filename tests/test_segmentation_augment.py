@@ -1,0 +1,111 @@
+"""Joint image+mask augmentation (models/segmentation_augment.py): masks stay class ids, padding is ignore_index,
+presets by name, YAML or flags."""
+
+import numpy as np
+import pytest
+
+from models.segmentation_augment import (
+    PRESETS,
+    AugmentConfig,
+    apply_transform,
+    eval_transform,
+    load_augment_config,
+    train_transform,
+)
+
+IGNORE = 11
+
+
+def _pair(h=90, w=120, classes=5):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    # Blocky mask: nearest-neighbour resampling keeps its values, any interpolation would invent new ones.
+    blocks = rng.integers(0, classes, (-(-h // 15), -(-w // 15)))
+    mask = np.kron(blocks, np.ones((15, 15), dtype=np.int64))[:h, :w].astype(np.uint8)
+    return image, mask
+
+
+def test_train_pipeline_crops_and_keeps_class_ids():
+    image, mask = _pair()
+    # Scaled by 0.5-0.6, a 90x120 image is smaller than the crop, so it must be padded.
+    transform = train_transform(AugmentConfig(crop_size=(64, 96), scale_range=(0.5, 0.6)), IGNORE, seed=0)
+    for _ in range(6):
+        out_image, out_mask = apply_transform(transform, image, mask)
+        assert out_image.shape == (64, 96, 3) and out_mask.shape == (64, 96)
+        assert IGNORE in out_mask and set(np.unique(out_mask).tolist()) <= set(range(5)) | {IGNORE}
+    transform = train_transform(AugmentConfig(crop_size=(64, 96), scale_range=(0.5, 2.0)), IGNORE, seed=0)
+    for _ in range(12):
+        out_image, out_mask = apply_transform(transform, image, mask)
+        assert out_image.shape == (64, 96, 3) and out_image.dtype == np.uint8
+        assert out_mask.shape == (64, 96) and out_mask.dtype == mask.dtype
+        assert set(np.unique(out_mask).tolist()) <= set(range(5)) | {IGNORE}
+
+
+def test_flip_moves_image_and_mask_together():
+    config = AugmentConfig(crop_size=(96, 128), scale_range=(1.0, 1.0), color_jitter=0.0)
+    image, mask = _pair(96, 128)
+    image[:, :, 0] = mask * 40  # the red channel encodes the mask, so a joint transform keeps them equal
+    transform = train_transform(config, IGNORE, seed=3)
+    flipped = 0
+    for _ in range(10):
+        out_image, out_mask = apply_transform(transform, image, mask)
+        assert np.array_equal(out_image[:, :, 0], out_mask * 40)
+        flipped += not np.array_equal(out_mask, mask)
+    assert 0 < flipped < 10
+
+
+def test_eval_pipeline_only_pads_with_ignore_index():
+    image, mask = _pair(90, 120)
+    out_image, out_mask = apply_transform(eval_transform(PRESETS["camvid"], IGNORE), image, mask)
+    assert out_image.shape == (96, 128, 3)
+    assert np.array_equal(out_image[:90, :120], image) and np.array_equal(out_mask[:90, :120], mask)
+    assert (out_mask[90:] == IGNORE).all() and (out_mask[:, 120:] == IGNORE).all()
+    resized = eval_transform(AugmentConfig(eval_size=(64, 64)), IGNORE)
+    _, small = apply_transform(resized, image, mask)
+    assert small.shape == (64, 64) and set(np.unique(small).tolist()) <= set(range(5))
+
+
+def test_same_seed_same_augmentation():
+    image, mask = _pair()
+    config = PRESETS["default"]
+    a = apply_transform(train_transform(config, IGNORE, seed=5), image, mask)
+    b = apply_transform(train_transform(config, IGNORE, seed=5), image, mask)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_presets_yaml_and_overrides(tmp_path):
+    assert load_augment_config("camvid").crop_size == (352, 480)
+    assert load_augment_config("shapes", crop_size="64").crop_size == (64, 64)
+    assert load_augment_config("camvid", crop_size=None).crop_size == (352, 480)
+    path = tmp_path / "aug.yaml"
+    path.write_text("crop_size: [128, 160]\nscale_range: [0.8, 1.2]\nhflip: false\n")
+    config = load_augment_config(path, color_jitter=0.0)
+    assert config == AugmentConfig(crop_size=(128, 160), scale_range=(0.8, 1.2), hflip=False, color_jitter=0.0)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: load_augment_config("cityscapes"), "unknown augmentation preset"),
+        (lambda: load_augment_config("camvid", rotate=10), "unknown augmentation setting"),
+        (lambda: AugmentConfig(crop_size=(100, 100)), "multiple of 32"),
+        (lambda: AugmentConfig(scale_range=(2.0, 1.0)), "scale_range"),
+        (lambda: train_transform(AugmentConfig(crop_size=None), IGNORE), "crop size"),
+        (
+            lambda: apply_transform(
+                eval_transform(PRESETS["none"], IGNORE), np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8))
+            ),
+            "integer class ids",
+        ),
+    ],
+)
+def test_bad_settings_are_explained(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_unknown_yaml_key_is_refused(tmp_path):
+    path = tmp_path / "aug.yaml"
+    path.write_text("crop: 64\n")
+    with pytest.raises(ValueError, match="unknown augmentation key"):
+        load_augment_config(path)

