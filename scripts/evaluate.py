@@ -19,7 +19,11 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Run as a script, Python puts scripts/ first on sys.path, where scripts/evaluate.py would shadow the `evaluate`
+# library: put the repository root there instead.
+_SCRIPTS = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _SCRIPTS]
+sys.path.insert(0, str(_SCRIPTS.parent))
 
 import yaml  # noqa: E402
 

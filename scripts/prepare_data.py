@@ -16,7 +16,11 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Run as a script, Python puts scripts/ first on sys.path, where scripts/evaluate.py would shadow the `evaluate`
+# library: put the repository root there instead.
+_SCRIPTS = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _SCRIPTS]
+sys.path.insert(0, str(_SCRIPTS.parent))
 
 from datasets_cfg import DatasetError, load_dataset_from_config  # noqa: E402
 from datasets_cfg.summary import summarize  # noqa: E402

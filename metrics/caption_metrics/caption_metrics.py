@@ -12,6 +12,7 @@ sibling modules (``scoring.score_captions``), shared with the plain-function API
 
 import datasets
 import evaluate
+from evaluate.utils.file_utils import add_start_docstrings
 
 # evaluate copies into its module cache only the sibling files this script imports itself (not what those import),
 # so every module the scoring code needs at run time is imported here, one per line and without trailing comments
@@ -52,7 +53,7 @@ Returns:
 """
 
 
-@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _INPUTS_DESCRIPTION)
+@add_start_docstrings(_DESCRIPTION, _INPUTS_DESCRIPTION)
 class CaptionMetrics(evaluate.Metric):
     """BLEU-1..4, METEOR, ROUGE-L and CIDEr-D of generated captions, official (Java) or fast (pure Python)."""
 

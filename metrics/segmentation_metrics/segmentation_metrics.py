@@ -33,6 +33,7 @@ import math
 
 import datasets
 import evaluate
+from evaluate.utils.file_utils import add_start_docstrings
 import numpy as np
 
 try:
@@ -214,7 +215,7 @@ def dominant_prediction(cm, threshold: float = 0.99) -> int | None:
     return None
 
 
-@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+@add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class SegmentationMetrics(evaluate.Metric):
     """``evaluate`` wrapper over :func:`confusion_matrix` and :func:`scores_from_confusion`."""
 
