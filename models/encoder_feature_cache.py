@@ -1,0 +1,104 @@
+"""Precomputed encoder features for training a caption decoder on a frozen encoder.
+
+A frozen encoder gives the same ``last_hidden_state`` for an image in every epoch, so it is computed once per
+dataset split and fed to the model as ``encoder_outputs=`` (``VisionEncoderDecoderModel`` then skips its encoder).
+The features can be kept in a safetensors file whose metadata records what they were computed from (dataset
+fingerprint, image processor settings, encoder weights), so a stale file is recomputed rather than reused.
+
+>>> feats = cached_encoder_features(model.encoder, processor, ds["train"], "runs/x/encoder_features/train.safetensors")
+>>> model(encoder_outputs=BaseModelOutput(last_hidden_state=feats[rows]), decoder_input_ids=...)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+
+def _weights_digest(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def features_key(encoder: torch.nn.Module, image_processor, dataset, image_column: str = "image") -> str:
+    """What the features depend on: the dataset rows, the preprocessing and the encoder weights."""
+    fingerprint = getattr(dataset, "_fingerprint", None)
+    if fingerprint is None:
+        raise ValueError("the dataset has no fingerprint: pass a datasets.Dataset to cache its encoder features")
+    parts = [fingerprint, str(len(dataset)), image_column, image_processor.to_json_string(), _weights_digest(encoder)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+@torch.no_grad()
+def compute_encoder_features(
+    encoder: torch.nn.Module, image_processor, images, batch_size: int = 32, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """(N, L, C) float32 ``last_hidden_state`` of ``encoder`` for a sequence of PIL images, in order."""
+    device = torch.device(device) if device is not None else next(encoder.parameters()).device
+    dtype = next(encoder.parameters()).dtype
+    was_training, home = encoder.training, next(encoder.parameters()).device
+    encoder.eval().to(device)
+    chunks = []
+    try:
+        for start in range(0, len(images), batch_size):
+            batch = [images[i] for i in range(start, min(start + batch_size, len(images)))]
+            pixels = image_processor(batch, return_tensors="pt")["pixel_values"].to(device, dtype)
+            chunks.append(encoder(pixel_values=pixels).last_hidden_state.float().cpu())
+    finally:
+        encoder.train(was_training).to(home)
+    if not chunks:
+        raise ValueError("no images to encode")
+    return torch.cat(chunks)
+
+
+def cached_encoder_features(
+    encoder: torch.nn.Module,
+    image_processor,
+    dataset,
+    cache_file: str | Path | None = None,
+    batch_size: int = 32,
+    image_column: str = "image",
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """``compute_encoder_features`` for every row of a ``datasets.Dataset``, read from / written to ``cache_file``
+    (safetensors) when given. The file is reused only when its recorded key matches (see ``features_key``)."""
+    if image_column not in dataset.column_names:
+        raise ValueError(f"the dataset has no {image_column!r} column to encode (columns: {dataset.column_names})")
+    key = features_key(encoder, image_processor, dataset, image_column) if cache_file else None
+    if cache_file and Path(cache_file).is_file():
+        with safe_open(str(cache_file), framework="pt") as f:
+            if (f.metadata() or {}).get("key") == key:
+                return f.get_tensor("features")
+    images = dataset.select_columns([image_column])
+    features = compute_encoder_features(encoder, image_processor, _Column(images, image_column), batch_size, device)
+    if cache_file:
+        path = Path(cache_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file({"features": features.contiguous()}, str(tmp), metadata={"key": key})
+        os.replace(tmp, path)  # atomic: processes that race on the same file never read a half-written one
+    return features
+
+
+class _Column:
+    """Index a datasets column lazily (images are decoded when read, not all at once)."""
+
+    def __init__(self, dataset, column: str):
+        self.dataset, self.column = dataset, column
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        return self.dataset[i][self.column]
+
+
+__all__ = ["cached_encoder_features", "compute_encoder_features", "features_key"]

@@ -1,0 +1,216 @@
+"""The caption task of scripts/train.py on tiny synthetic shapes at 64 px: data, loss, validation, collapse warning."""
+
+import argparse
+import logging
+import sys
+import types
+
+import pytest
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+
+from datasets_cfg import load_dataset_from_config
+from models.caption_task import CaptionTask, collapse_warning
+from models.captioner import load_captioner
+from models.task import TASKS
+
+TINY = ["--image-size", "64", "--encoder", "resnet10t", "--decoder-dim", "64", "--embed-dim", "32",
+        "--attention-dim", "32", "--max-caption-len", "24", "--num-beams", "2"]
+
+
+@pytest.fixture
+def caption_metrics(monkeypatch):
+    """metrics.caption_metrics when it is there; a stand-in with the same interface otherwise."""
+    try:
+        from metrics.caption_metrics import score_captions  # noqa: F401
+    except ImportError:
+        module = types.ModuleType("metrics.caption_metrics")
+
+        def score_captions(predictions, references, mode="fast"):
+            exact = sum(p in refs for p, refs in zip(predictions, references)) / len(predictions)
+            keys = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+            return {**dict.fromkeys(keys, exact), "mode": mode}
+
+        module.score_captions = score_captions
+        monkeypatch.setitem(sys.modules, "metrics", types.ModuleType("metrics"))
+        monkeypatch.setitem(sys.modules, "metrics.caption_metrics", module)
+
+
+@pytest.fixture
+def data(cache_dir):
+    return load_dataset_from_config("shapes", num_train=12, num_validation=6, num_test=0, image_size=64,
+                                    cache_dir=cache_dir)
+
+
+def make_task(data, *flags, **extra) -> CaptionTask:
+    parser = argparse.ArgumentParser()
+    CaptionTask.add_arguments(parser)
+    args = parser.parse_args(TINY + list(flags))
+    # What scripts/train.py adds to the task's own flags.
+    for key, value in {"lr": 3e-3, "seed": 0, "train_split": "train", "eval_split": "validation",
+                       "eval_batch_size": 8, **extra}.items():
+        setattr(args, key, value)
+    torch.manual_seed(0)
+    return CaptionTask(args, data, None)
+
+
+def test_registered_as_caption_with_cider_as_main_metric():
+    assert TASKS["caption"] is CaptionTask
+    assert CaptionTask.main_metric == "CIDEr" and CaptionTask.greater_is_better
+
+
+def test_one_random_caption_per_image_per_epoch_or_every_pair(data):
+    task = make_task(data)
+    task.build_model()
+    ds = task.train_dataset()
+    assert len(ds) == 12
+    epoch0 = [ds[i]["input_ids"] for i in range(12)]
+    assert epoch0 == [ds[i]["input_ids"] for i in range(12)]  # deterministic within an epoch (resume replays it)
+    task.set_epoch(1)
+    epoch1 = [ds[i]["input_ids"] for i in range(12)]
+    assert epoch0 != epoch1
+    captions = data["train"]["captions"]
+    decoded = task.tokenizer.batch_decode(epoch1, skip_special_tokens=True)
+    assert all(decoded[i] in captions[i] for i in range(12))
+    pairs = make_task(data, "--caption-sampling", "all")
+    pairs.build_model()
+    assert len(pairs.train_dataset()) == sum(len(c) for c in captions)
+
+
+def test_collate_shifts_captions_into_inputs_and_labels(data):
+    task = make_task(data)
+    task.build_model()
+    ds = task.train_dataset()
+    batch = task.collate([ds[0], ds[1], ds[2]])
+    tok = task.tokenizer
+    assert batch["pixel_values"].shape == (3, 3, 64, 64)
+    inputs, labels = batch["decoder_input_ids"], batch["labels"]
+    assert inputs.shape == labels.shape and (inputs[:, 0] == tok.bos_token_id).all()
+    for i in range(3):
+        ids = ds[i]["input_ids"]
+        n = len(ids) - 1
+        assert inputs[i, :n].tolist() == ids[:-1] and labels[i, :n].tolist() == ids[1:]
+        assert labels[i, n - 1] == tok.eos_token_id
+        assert (labels[i, n:] == -100).all() and (inputs[i, n:] == tok.pad_token_id).all()
+
+
+def test_a_few_training_steps_reduce_the_loss(data):
+    task = make_task(data)
+    model = task.build_model().train()
+    batch = task.collate([task.train_dataset()[i] for i in range(8)])
+    optimizer = torch.optim.AdamW(task.param_groups(model), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        loss, logs = task.training_step(model, batch)
+        assert set(logs) == {"cross_entropy", "attention_penalty"}
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_label_smoothing_and_penalty_weight_enter_the_loss(data):
+    plain = make_task(data, "--attention-reg", "0")
+    smooth = make_task(data, "--attention-reg", "0", "--label-smoothing", "0.2")
+    for task in (plain, smooth):
+        task.build_model().eval()
+    batch = plain.collate([plain.train_dataset()[i] for i in range(4)])
+    loss_plain, logs = plain.training_step(plain.model, batch)
+    loss_smooth, _ = smooth.training_step(smooth.model, batch)
+    assert set(logs) == {"cross_entropy"} and loss_smooth.item() != pytest.approx(loss_plain.item())
+    weighted = make_task(data, "--attention-reg", "2.0")
+    weighted.build_model().eval()
+    loss, logs = weighted.training_step(weighted.model, batch)
+    assert loss.item() == pytest.approx(logs["cross_entropy"] + 2.0 * logs["attention_penalty"], rel=1e-5)
+
+
+def test_evaluate_generates_gathers_and_scores(data, caption_metrics):
+    task = make_task(data)
+    model = task.build_model()
+    loader = DataLoader(task.eval_dataset(), batch_size=4, collate_fn=task.eval_collate)
+    metrics = task.evaluate(model, loader, Accelerator(cpu=True))
+    for key in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "distinct_captions", "top_caption_share",
+                "attribute_accuracy", "object_recall"):
+        assert isinstance(metrics[key], float), key
+    assert 0 < metrics["distinct_captions"] <= 1 and "mode" not in metrics
+
+
+def test_collapse_to_one_caption_logs_a_warning(data, caption_metrics, caplog, monkeypatch):
+    task = make_task(data)
+    model = task.build_model()
+    same = task.tokenizer("a red circle").input_ids
+    monkeypatch.setattr(task, "generate", lambda model, batch: torch.tensor([same] * len(batch["row_index"])))
+    loader = DataLoader(task.eval_dataset(), batch_size=4, collate_fn=task.eval_collate)
+    with caplog.at_level(logging.WARNING, logger="models.caption_task"):
+        metrics = task.evaluate(model, loader, Accelerator(cpu=True))
+    assert metrics["top_caption_share"] == 1.0 and metrics["distinct_captions"] == pytest.approx(1 / 6)
+    assert any("caption collapse" in r.getMessage() and "'a red circle'" in r.getMessage() for r in caplog.records)
+
+
+def test_collapse_rule():
+    assert collapse_warning(["a red circle"] * 10) is not None
+    assert collapse_warning(["a red circle"] * 6 + [f"caption {i}" for i in range(4)]) is not None  # one at 60 %
+    assert collapse_warning([f"caption {i % 5}" for i in range(10)]) is None
+    assert collapse_warning(["a red circle"] * 3) is None  # too few images to tell
+
+
+def test_frozen_encoder_with_cached_features(data, tmp_path):
+    task = make_task(data, "--freeze-encoder", "--cache-encoder-features", output_dir=str(tmp_path))
+    model = task.build_model()
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    ds = task.train_dataset()
+    assert "features" in ds[0] and "image" not in ds[0]
+    assert (tmp_path / "encoder_features" / "train.safetensors").is_file()
+    batch = task.collate([ds[i] for i in range(4)])
+    assert "pixel_values" not in batch and batch["encoder_hidden_states"].shape == (4, 16, 256)
+    loss, _ = task.training_step(model, batch)
+    loss.backward()
+    assert all(p.grad is None for p in model.encoder.parameters())
+    eval_batch = task.eval_collate([task.eval_dataset()[i] for i in range(3)])
+    assert task.generate(model.eval(), eval_batch).shape[0] == 3
+    with pytest.raises(ValueError, match="--freeze-encoder"):
+        make_task(data, "--cache-encoder-features")
+
+
+def test_encoder_learning_rate_and_partial_fine_tuning(data):
+    task = make_task(data, "--encoder-lr", "1e-4", "--train-encoder-stages", "1")
+    model = task.build_model()
+    groups = task.param_groups(model)
+    assert [g["lr"] for g in groups] == [3e-3, 1e-4]
+    encoder_params = {id(p) for p in groups[1]["params"]}
+    trainable = {n for n, p in model.encoder.named_parameters() if id(p) in encoder_params}
+    assert trainable and all(n.startswith(("backbone.layer3.", "position_embeddings")) for n in trainable)
+
+
+def test_transformer_decoder_trains_without_the_attention_penalty(data):
+    task = make_task(data, "--decoder", "transformer", "--decoder-layers", "1", "--decoder-heads", "2")
+    model = task.build_model().train()
+    loss, logs = task.training_step(model, task.collate([task.train_dataset()[i] for i in range(4)]))
+    loss.backward()
+    assert set(logs) == {"cross_entropy"} and torch.isfinite(loss)
+
+
+def test_save_pretrained_writes_a_loadable_folder(data, tmp_path):
+    task = make_task(data)
+    model = task.build_model()
+    task.save_pretrained(model, str(tmp_path))
+    loaded, tokenizer, processor = load_captioner(tmp_path)
+    assert tokenizer.get_vocab() == task.tokenizer.get_vocab() and processor.size == {"height": 64, "width": 64}
+    assert loaded.generation_config.max_length == 25 and loaded.generation_config.num_beams == 2
+
+
+def test_bad_use_raises_clear_errors(data):
+    task = make_task(data)
+    with pytest.raises(RuntimeError, match="build_model"):
+        task.train_dataset()
+    no_captions = data.remove_columns("captions")
+    with pytest.raises(ValueError, match="captions"):
+        make_task(no_captions)
+    for flags in (["--label-smoothing", "1.5"], ["--freeze-encoder", "--train-encoder-stages", "2"],
+                  ["--num-beams", "0"], ["--attention-reg", "-1"]):
+        with pytest.raises(ValueError):
+            make_task(data, *flags)
+    with pytest.raises(ValueError, match="--decoder must be one of"):
+        make_task(data, "--decoder", "no/such-decoder-folder").build_model()
