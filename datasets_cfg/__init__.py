@@ -20,7 +20,7 @@ import datasets
 # Importing the format modules registers them in FORMATS.
 from . import coco, flickr, folders, shapes, voc_camvid  # noqa: F401
 from .builder import build_dataset_dict, label_spec, make_format
-from .config import DatasetConfig, load_config, parse_config
+from .config import DatasetConfig, load_config, parse_config, parse_overrides
 from .errors import DatasetError
 from .formats import FORMATS
 from .label_validation import LabelSpec
@@ -37,6 +37,7 @@ __all__ = [
     "load_config",
     "load_dataset_from_config",
     "parse_config",
+    "parse_overrides",
 ]
 
 

@@ -117,3 +117,14 @@ def load_config(path: str | Path, **overrides: Any) -> DatasetConfig:
     data = dict(data)
     data.update({k: v for k, v in overrides.items() if v is not None})
     return parse_config(data, source=str(path))
+
+
+def parse_overrides(items: list[str], flag: str = "--data-set") -> dict[str, Any]:
+    """``["num_train=100", "on_error=skip"]`` (command-line ``KEY=VALUE`` strings) -> YAML-typed overrides."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise DatasetError(f"{flag} expects KEY=VALUE, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out

@@ -25,9 +25,7 @@ _SCRIPTS = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _SCRIPTS]
 sys.path.insert(0, str(_SCRIPTS.parent))
 
-import yaml  # noqa: E402
-
-from datasets_cfg import DatasetError, load_dataset_from_config  # noqa: E402
+from datasets_cfg import DatasetError, load_dataset_from_config, parse_overrides  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -99,12 +97,7 @@ def main(argv=None) -> int:
         return 2
     out = Path(args.out or Path(args.model) / f"eval_{args.split}")
     try:
-        overrides = {}
-        for item in args.data_set:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise DatasetError(f"--data-set expects KEY=VALUE, got {item!r}")
-            overrides[key] = yaml.safe_load(value)
+        overrides = parse_overrides(args.data_set)
         data = load_dataset_from_config(args.dataset, root=args.root, splits=[args.split], cache_dir=args.cache_dir, **overrides)
         run = evaluate_segment if args.task == "segment" else evaluate_caption
         metrics = run(args, data[args.split], out)

@@ -14,26 +14,15 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 # Run as a script, Python puts scripts/ first on sys.path, where scripts/evaluate.py would shadow the `evaluate`
 # library: put the repository root there instead.
 _SCRIPTS = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _SCRIPTS]
 sys.path.insert(0, str(_SCRIPTS.parent))
 
-from datasets_cfg import DatasetError, load_dataset_from_config  # noqa: E402
+from datasets_cfg import DatasetError, load_dataset_from_config, parse_overrides  # noqa: E402
 from datasets_cfg.summary import summarize  # noqa: E402
 
-
-def parse_set(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise DatasetError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key] = yaml.safe_load(value)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-to", help="also write the DatasetDict here with save_to_disk")
     args = parser.parse_args(argv)
     try:
-        overrides = parse_set(args.set)
+        overrides = parse_overrides(args.set, flag="--set")
         if args.skip_bad_rows:
             overrides["on_error"] = "skip"
         start = time.perf_counter()

@@ -31,15 +31,18 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _SCRIPTS]
 sys.path.insert(0, str(_SCRIPTS.parent))
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 from accelerate.logging import get_logger  # noqa: E402
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed  # noqa: E402
+from accelerate.utils import (  # noqa: E402
+    DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration, set_seed,
+)
 from torch.utils.data import DataLoader  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 from transformers import get_scheduler  # noqa: E402
 
-from datasets_cfg import DatasetError, load_config, load_dataset_from_config, resolve_config_path  # noqa: E402
+from datasets_cfg import (  # noqa: E402
+    DatasetError, load_config, load_dataset_from_config, parse_overrides, resolve_config_path,
+)
 from models.task import TASKS  # noqa: E402
 from models.training_curves import plot_training_curves  # noqa: E402
 
@@ -121,15 +124,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def parse_overrides(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise DatasetError(f"--data-set expects KEY=VALUE, got {item!r}")
-        out[key] = yaml.safe_load(value)
-    return out
-
 
 class LoopState:
     """Where the loop is, saved in every checkpoint next to Accelerate's model/optimizer/scheduler/RNG state."""
@@ -187,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         # A seeded sampler makes the shuffle order a function of (seed, epoch): what exact --resume needs.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+        # Some models hold parameters a forward pass never uses (smp's timm encoders at --encoder-depth < 5 keep
+        # timm's later stages); without this, multi-process runs stop at the first step.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
@@ -204,14 +201,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_eval_samples:
         data[args.eval_split] = data[args.eval_split].select(range(min(args.max_eval_samples, data[args.eval_split].num_rows)))
 
-    task = TASKS[args.task](args, data, data_config)
-    model = task.build_model()
-    train_dl = DataLoader(task.train_dataset(), batch_size=args.batch_size, shuffle=True, collate_fn=task.collate,
+    try:
+        # Tasks raise ValueError for flags they cannot use (an unknown loss, a wrong --init-from folder, ...).
+        task = TASKS[args.task](args, data, data_config)
+        model = task.build_model()
+        train_ds, eval_ds = task.train_dataset(), task.eval_dataset()
+    except (DatasetError, ValueError) as err:
+        accelerator.print(f"error: {err}")
+        return 2
+    train_dl = DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, collate_fn=task.collate,
                           num_workers=args.num_workers, drop_last=False,
                           # Its own generator, so that making an iterator never draws from the global RNG that
                           # dropout uses (a resumed run would otherwise draw once more than the uninterrupted one).
                           generator=torch.Generator().manual_seed(args.seed))
-    eval_dl = DataLoader(task.eval_dataset(), batch_size=args.eval_batch_size, shuffle=False,
+    eval_dl = DataLoader(eval_ds, batch_size=args.eval_batch_size, shuffle=False,
                          collate_fn=task.eval_collate, num_workers=args.num_workers,
                          generator=torch.Generator().manual_seed(args.seed))
     optimizer = torch.optim.AdamW(task.param_groups(model), lr=args.lr, weight_decay=args.weight_decay)

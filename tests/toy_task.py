@@ -42,6 +42,8 @@ class ToyTask(TrainingTask):
         parser.add_argument("--toy-noise", type=float, default=0.1)
 
     def build_model(self):
+        if self.args.toy_noise < 0:
+            raise ValueError("--toy-noise must be >= 0")
         return ToyModel(ToyConfig())
 
     def _rows(self, split):

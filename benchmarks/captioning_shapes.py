@@ -1,0 +1,72 @@
+"""Captioning on the synthetic shapes dataset: BLEU-4, CIDEr-D and attribute accuracy on the held-out test split.
+
+Targets (issue 3): BLEU-4 >= 0.90, CIDEr >= 3.0, attribute accuracy >= 90 %, trained in <= 15 minutes on the
+2-core CPU machine. For context the table also gives the *reference ceiling*: each image's first reference
+caption scored against its other four with the same metrics, i.e. what a caption written by the generator itself
+reaches. The shapes references are five random template draws per image, so n-gram metrics top out there.
+
+    python benchmarks/captioning_shapes.py [--out benchmarks/results/captioning_shapes.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from training_run import REPO, machine, train_and_evaluate, write_results
+
+sys.path.insert(0, str(REPO))
+
+
+def reference_ceiling(num_test: int) -> dict:
+    from datasets_cfg import load_dataset_from_config
+    from metrics.caption_metrics import score_captions
+    from models.shapes_attribute_accuracy import shapes_attribute_accuracy
+
+    test = load_dataset_from_config("shapes", num_train=0, num_validation=0, num_test=num_test)["test"]
+    refs = test["captions"]
+    scores = score_captions([r[0] for r in refs], [r[1:] for r in refs], mode="fast")
+    scores.update(shapes_attribute_accuracy([r[0] for r in refs], test["scene"]))
+    return scores
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--minutes", type=float, default=13.0, help="training budget (validation and saving come on top)")
+    p.add_argument("--work-dir", default="outputs/benchmarks/captioning_shapes")
+    p.add_argument("--out", default="benchmarks/results/captioning_shapes.json")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    data = ["--dataset", "shapes", "--data-set", "num_train=2000", "--data-set", "num_validation=100",
+            "--data-set", "num_test=200"]
+    train = [
+        "--task", "caption", *data, "--encoder", "tf_efficientnet_lite0", "--imagenet-weights", "--freeze-encoder",
+        "--cache-encoder-features", "--image-size", "128", "--decoder", "lstm", "--batch-size", "32",
+        "--lr", "2e-3", "--warmup-steps", "30", "--epochs", "48", "--eval-every-epochs", "8",
+        "--time-budget-min", str(args.minutes), "--threads", str(args.threads), "--eval-batch-size", "50",
+    ]
+    evaluate = ["--task", "caption", *data, "--split", "test", "--examples", "4"]
+    result = train_and_evaluate("lstm_lite0_frozen", train, evaluate, Path(args.work_dir))
+    ceiling = reference_ceiling(200)
+    m = result["metrics"]
+    rows = [
+        ("BLEU-4", m["BLEU-4"], ceiling["BLEU-4"], ">= 0.90"),
+        ("CIDEr-D", m["CIDEr"], ceiling["CIDEr"], ">= 3.0"),
+        ("METEOR (fast)", m["METEOR"], ceiling["METEOR"], ""),
+        ("attribute accuracy", m.get("attribute_accuracy"), ceiling["attribute_accuracy"], ">= 0.90"),
+        ("object recall", m.get("object_recall"), ceiling["object_recall"], ""),
+        ("relation accuracy", m.get("relation_accuracy"), ceiling["relation_accuracy"], ""),
+        ("distinct captions", m.get("distinct_captions"), None, ""),
+    ]
+    print(f"| measure | model | reference ceiling | target |\n|---|---|---|---|")
+    for name, value, ref, target in rows:
+        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        print(f"| {name} | {fmt(value)} | {fmt(ref)} | {target} |")
+    print(f"| train minutes | {result['train_seconds'] / 60:.1f} | | <= 15 |")
+    write_results(Path(args.out), {"benchmark": "captioning_shapes", "machine": machine(), "train_args": train,
+                                   "reference_ceiling": ceiling, **result})
+
+
+if __name__ == "__main__":
+    main()
