@@ -75,7 +75,8 @@ def overlay_figure(
     alpha: float = 0.5,
     palette: np.ndarray | None = None,
 ) -> Image.Image:
-    """Photo | reference over photo (if given) | prediction over photo, above a legend of the classes shown."""
+    """Photo | reference over photo (if given) | prediction over photo, above a legend of the classes shown.
+    A class named "background" is left untinted, so that the objects stand out on the photo."""
     photo = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image).astype(np.uint8)
     prediction = np.asarray(prediction)
     if prediction.shape != photo.shape[:2]:
@@ -84,9 +85,12 @@ def overlay_figure(
         raise ValueError(f"reference of size {np.asarray(reference).shape} for an image of size {photo.shape[:2]}")
     palette = class_palette(len(class_names)) if palette is None else palette
 
+    untinted = [i for i, name in enumerate(class_names) if name.lower() == "background"]
+
     def blend(mask):
         colours = colorize(mask, palette, ignore_index)
         labelled = np.ones(mask.shape, bool) if ignore_index is None else np.asarray(mask) != ignore_index
+        labelled &= ~np.isin(mask, untinted)
         mixed = photo.astype(np.float32)
         mixed[labelled] = (1 - alpha) * mixed[labelled] + alpha * colours[labelled]
         return mixed.astype(np.uint8)
@@ -99,7 +103,7 @@ def overlay_figure(
     shown = set(np.unique(prediction).tolist())
     if reference is not None:
         shown |= set(np.unique(reference).tolist())
-    shown = sorted(c for c in shown if 0 <= c < len(class_names))
+    shown = sorted(c for c in shown if 0 <= c < len(class_names) and c not in untinted)
 
     font = _font(12)
     height, width = photo.shape[:2]

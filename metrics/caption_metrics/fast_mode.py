@@ -16,7 +16,7 @@ import importlib.metadata
 
 from .approximate_ptb_tokenizer import approximate_ptb_tokenize
 from .meteor_approximation import MeteorApproximation
-from .pycocoevalcap_files import METEOR_JAR, missing_files, pycocoevalcap_dir
+from .pycocoevalcap_files import METEOR_JAR, coco_scores, missing_files, pycocoevalcap_dir
 
 SNOWBALL_HINT = 'pip install "snowballstemmer>=2.2,<3"'
 
@@ -43,24 +43,9 @@ def _meteor() -> MeteorApproximation:
 
 def score_fast(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
     """The fast-mode metrics (inputs already validated)."""
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.rouge.rouge import Rouge
-
     hypotheses = [approximate_ptb_tokenize(p) for p in predictions]
     reference_tokens = [[approximate_ptb_tokenize(r) for r in refs] for refs in references]
     res = {i: [h] for i, h in enumerate(hypotheses)}
     gts = dict(enumerate(reference_tokens))
-    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    rouge, _ = Rouge().compute_score(gts, res)
-    cider, _ = Cider().compute_score(gts, res)
     meteor, _ = _meteor().corpus_score(hypotheses, reference_tokens)
-    return {
-        "BLEU-1": float(bleu[0]),
-        "BLEU-2": float(bleu[1]),
-        "BLEU-3": float(bleu[2]),
-        "BLEU-4": float(bleu[3]),
-        "METEOR": float(meteor),
-        "ROUGE-L": float(rouge),
-        "CIDEr": float(cider),
-    }
+    return coco_scores(gts, res, meteor)

@@ -20,6 +20,7 @@ from .pycocoevalcap_files import (
     METEOR_JAR,
     METEOR_PARAPHRASE_TABLE,
     PTB_TOKENIZER_JAR,
+    coco_scores,
     missing_files,
     pycocoevalcap_dir,
 )
@@ -47,9 +48,6 @@ def official_problems() -> list[str]:
 
 def score_official(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
     """BLEU-1..4, METEOR, ROUGE-L and CIDEr(-D) exactly as COCOEvalCap computes them (inputs already validated)."""
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.rouge.rouge import Rouge
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     # One tokenizer run for predictions and references alike: it tokenizes line by line, so this equals
@@ -61,20 +59,7 @@ def score_official(predictions: list[str], references: list[list[str]]) -> dict[
     tokenized = PTBTokenizer().tokenize(captions)
     res = {i: [tokens[0]] for i, tokens in tokenized.items()}
     gts = {i: tokens[1:] for i, tokens in tokenized.items()}
-
-    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    meteor = _meteor(gts, res)
-    rouge, _ = Rouge().compute_score(gts, res)
-    cider, _ = Cider().compute_score(gts, res)
-    return {
-        "BLEU-1": float(bleu[0]),
-        "BLEU-2": float(bleu[1]),
-        "BLEU-3": float(bleu[2]),
-        "BLEU-4": float(bleu[3]),
-        "METEOR": float(meteor),
-        "ROUGE-L": float(rouge),
-        "CIDEr": float(cider),
-    }
+    return coco_scores(gts, res, _meteor(gts, res))
 
 
 def _meteor(gts: dict[int, list[str]], res: dict[int, list[str]]) -> float:

@@ -36,3 +36,24 @@ def missing_files(*relative_paths: Path) -> list[str]:
         for p in relative_paths
         if not (root / p).is_file()
     ]
+
+
+def coco_scores(gts: dict[int, list[str]], res: dict[int, list[str]], meteor: float) -> dict[str, float]:
+    """BLEU-1..4, ROUGE-L and CIDEr-D of tokenized captions by pycocoevalcap's own (pure-Python) scorers, as
+    ``COCOEvalCap`` computes them, with the METEOR score each mode computes its own way."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    rouge, _ = Rouge().compute_score(gts, res)
+    cider, _ = Cider().compute_score(gts, res)
+    return {
+        "BLEU-1": float(bleu[0]),
+        "BLEU-2": float(bleu[1]),
+        "BLEU-3": float(bleu[2]),
+        "BLEU-4": float(bleu[3]),
+        "METEOR": float(meteor),
+        "ROUGE-L": float(rouge),
+        "CIDEr": float(cider),
+    }
