@@ -21,8 +21,8 @@ system-deps:
 	@if [ "$$CI" = "true" ]; then bash .ci/install_system_deps.sh; fi
 
 demo: install
-	@echo ">>> demo: generating the synthetic shapes dataset (the embedded default) and summarising it"
-	$(PY) scripts/prepare_data.py --dataset shapes --save-to $(DEMO_DIR)/shapes_dataset
+	@echo ">>> demo: shapes data, the segmentation-aware captioner (trained once, about 10 minutes), its evaluation and the web page"
+	$(PY) scripts/demo.py --out $(DEMO_DIR)
 
 test: install system-deps
 	@echo ">>> running the test suite"

@@ -290,22 +290,9 @@ class CaptionTask(TrainingTask):
     def train_dataset(self) -> CaptionTrainDataset:
         self._require_model()
         split = self.data[self.train_split]
-        captions = [[c for c in caps if c and c.strip()] for caps in split["captions"]]
-        flat = [c for caps in captions for c in caps]
-        if not flat:
-            raise ValueError(f"the {self.train_split!r} split has no captions to train on")
-        # Words only, cut to --max-caption-len, then the decoder start and <eos> around them (a pretrained
-        # decoder's tokenizer may add neither itself).
-        words = self.tokenizer(flat, add_special_tokens=False)["input_ids"]
         gen = self.model.generation_config
-        encoded = [[gen.decoder_start_token_id] + ids[: self.args.max_caption_len] + [gen.eos_token_id] for ids in words]
-        per_image, start = [], 0
-        for caps in captions:
-            per_image.append(encoded[start: start + len(caps)])
-            start += len(caps)
-        missing = sum(1 for caps in captions if not caps)
-        if missing:
-            logger.warning(f"{missing} training images have no caption and are left out")
+        per_image = encode_caption_lists(self.tokenizer, split["captions"], self.args.max_caption_len,
+                                         gen.decoder_start_token_id, gen.eos_token_id, self.train_split)
         features = self._features(self.train_split)
         images = None if features is not None else split.select_columns(["image"])
         self._train_ds = CaptionTrainDataset(images, per_image, self.args.caption_sampling,
@@ -391,22 +378,52 @@ class CaptionTask(TrainingTask):
         if not rows:
             raise ValueError("the validation dataloader gave no images")
         predictions = [p.strip() for p in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
-        split = self.data[self.eval_split]
-        captions = split["captions"]
-        references = [captions[r] for r in rows]
-        from metrics.caption_metrics import score_captions  # the metrics family of metrics/caption_metrics
+        return caption_scores(predictions, rows, self.data[self.eval_split], self.args.caption_metrics,
+                              accelerator.is_main_process)
 
-        metrics = {k: float(v) for k, v in score_captions(predictions, references, mode=self.args.caption_metrics).items()
-                   if k != "mode"}
-        metrics.update(caption_diversity(predictions))
-        if "scene" in split.column_names:
-            scenes = split["scene"]
-            accuracy = shapes_attribute_accuracy(predictions, [scenes[r] for r in rows])
-            metrics.update({k: v for k, v in accuracy.items() if not math.isnan(v)})
-        warning = collapse_warning(predictions)
-        if warning and accelerator.is_main_process:
-            logger.warning(warning)
-        return metrics
+
+def encode_caption_lists(tokenizer, captions: list[list[str]], max_words: int, start_id: int, eos_id: int,
+                         split_name: str = "train") -> list[list[list[int]]]:
+    """Per image, the token ids of each of its non-empty captions: start token, at most ``max_words`` tokens of
+    words and punctuation, ``<eos>`` (added here: a pretrained decoder's tokenizer may add neither itself)."""
+    captions = [[c for c in caps if c and c.strip()] for caps in captions]
+    flat = [c for caps in captions for c in caps]
+    if not flat:
+        raise ValueError(f"the {split_name!r} split has no captions to train on")
+    words = tokenizer(flat, add_special_tokens=False)["input_ids"]
+    too_long = sum(1 for ids in words if len(ids) > max_words)
+    if too_long:
+        logger.warning(f"{too_long} of {len(flat)} {split_name} captions are longer than {max_words} tokens and were cut")
+    encoded = [[start_id] + ids[:max_words] + [eos_id] for ids in words]
+    per_image, start = [], 0
+    for caps in captions:
+        per_image.append(encoded[start: start + len(caps)])
+        start += len(caps)
+    missing = sum(1 for caps in captions if not caps)
+    if missing:
+        logger.warning(f"{missing} {split_name} images have no caption and are left out")
+    return per_image
+
+
+def caption_scores(predictions: list[str], rows: list[int], split, mode: str = "fast",
+                   log_warnings: bool = True) -> dict[str, float]:
+    """Metrics of generated captions against the references of dataset rows ``rows``: BLEU-1..4, METEOR, ROUGE-L,
+    CIDEr-D (``metrics.caption_metrics``), the distinct-caption share and, on data with a ``scene`` column
+    (shapes), attribute accuracy; logs a warning when the captions collapsed to one."""
+    from metrics.caption_metrics import score_captions  # the metrics family of metrics/caption_metrics
+
+    captions = split["captions"]
+    references = [captions[r] for r in rows]
+    metrics = {k: float(v) for k, v in score_captions(predictions, references, mode=mode).items() if k != "mode"}
+    metrics.update(caption_diversity(predictions))
+    if "scene" in split.column_names:
+        scenes = split["scene"]
+        accuracy = shapes_attribute_accuracy(predictions, [scenes[r] for r in rows])
+        metrics.update({k: v for k, v in accuracy.items() if not math.isnan(v)})
+    warning = collapse_warning(predictions)
+    if warning and log_warnings:
+        logger.warning(warning)
+    return metrics
 
 
 def caption_diversity(predictions: list[str]) -> dict[str, float]:
@@ -431,4 +448,12 @@ def collapse_warning(predictions: list[str]) -> str | None:
     return None
 
 
-__all__ = ["CaptionEvalDataset", "CaptionTask", "CaptionTrainDataset", "caption_diversity", "collapse_warning"]
+__all__ = [
+    "CaptionEvalDataset",
+    "CaptionTask",
+    "CaptionTrainDataset",
+    "caption_diversity",
+    "caption_scores",
+    "collapse_warning",
+    "encode_caption_lists",
+]

@@ -138,15 +138,22 @@ class LSTMDecoderOutput(ModelOutput):
     attention_penalty: torch.Tensor | None = None
 
 
-def doubly_stochastic_penalty(attention_weights: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+def doubly_stochastic_penalty(
+    attention_weights: torch.Tensor, token_mask: torch.Tensor | None = None, region_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Show, Attend and Tell's attention regulariser: ``mean over (batch, region) of (1 - sum_t alpha_ti)^2``.
 
     It pushes the model to look at every region about once over the caption. ``attention_weights`` is (B, T, N);
-    ``token_mask`` (B, T) is True at the steps that belong to the caption (padding steps do not count).
+    ``token_mask`` (B, T) is True at the steps that belong to the caption (padding steps do not count);
+    ``region_mask`` (B, N) is True at the regions that exist (masked-out ones, which get no attention, do not count).
     """
     if token_mask is not None:
         attention_weights = attention_weights * token_mask[..., None].to(attention_weights.dtype)
-    return ((1.0 - attention_weights.sum(dim=1)) ** 2).mean()
+    per_region = (1.0 - attention_weights.sum(dim=1)) ** 2
+    if region_mask is None:
+        return per_region.mean()
+    region_mask = region_mask.to(per_region.dtype)
+    return (per_region * region_mask).sum() / region_mask.sum().clamp(min=1.0)
 
 
 class SoftAttention(nn.Module):
@@ -158,9 +165,12 @@ class SoftAttention(nn.Module):
         self.query_proj = nn.Linear(hidden_size, attention_size)
         self.score = nn.Linear(attention_size, 1)
 
-    def forward(self, features: torch.Tensor, projected: torch.Tensor, query: torch.Tensor):
+    def forward(self, features: torch.Tensor, projected: torch.Tensor, query: torch.Tensor,
+                mask: torch.Tensor | None = None):
         # ``projected`` = encoder_proj(features), computed once per forward rather than once per step.
         scores = self.score(torch.tanh(projected + self.query_proj(query)[:, None, :])).squeeze(-1)
+        if mask is not None:  # (B, N) True where a region may be attended
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
         weights = scores.softmax(dim=-1)
         context = torch.bmm(weights[:, None, :], features).squeeze(1)
         return context, weights
@@ -228,11 +238,17 @@ class LSTMDecoderForCausalLM(LSTMDecoderPreTrainedModel, GenerationMixin):
     # ------------------------------------------------------------------------------------------------------------
     # The recurrent state <-> the cache
 
-    def initial_state(self, encoder_hidden_states: torch.Tensor) -> list[torch.Tensor]:
-        """Per cell a (B, S, H) state (S = 2 for LSTM: h, c; 1 for GRU) from the mean region feature."""
+    def initial_state(self, encoder_hidden_states: torch.Tensor, mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Per cell a (B, S, H) state (S = 2 for LSTM: h, c; 1 for GRU) from the mean region feature (over the
+        regions where ``mask`` (B, N) is True, when given)."""
         B = encoder_hidden_states.shape[0]
         c = self.config
-        state = torch.tanh(self.init_state(encoder_hidden_states.mean(dim=1)))
+        if mask is None:
+            mean = encoder_hidden_states.mean(dim=1)
+        else:
+            weights = mask.to(encoder_hidden_states.dtype)[..., None]
+            mean = (encoder_hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        state = torch.tanh(self.init_state(mean))
         return list(state.view(B, c.num_hidden_layers, c.states_per_cell, c.hidden_size).unbind(dim=1))
 
     def _state_cache(self, cache: Cache | None) -> Cache | None:
@@ -290,9 +306,11 @@ class LSTMDecoderForCausalLM(LSTMDecoderPreTrainedModel, GenerationMixin):
             use_cache: return the state after the last token as ``cache``.
             output_attentions: return the attention weights (``attention_weights`` (B, T, N) and
                 ``cross_attentions``).
-            attention_mask, encoder_attention_mask: accepted for API compatibility. Only right padding is
-                supported (padding steps never influence earlier ones) and every region is attended, so they are
-                ignored.
+            encoder_attention_mask: (B, N), 1 where a region may be attended and 0 where not (e.g. the absent
+                segments of the segmentation-aware captioner); None attends every region. The initial state is
+                then the mean of the attendable regions.
+            attention_mask: accepted for API compatibility and ignored: only right padding is supported, and
+                padding steps never influence earlier ones.
         """
         c = self.config
         return_dict = return_dict if return_dict is not None else c.return_dict
@@ -321,8 +339,18 @@ class LSTMDecoderForCausalLM(LSTMDecoderPreTrainedModel, GenerationMixin):
             cache = DynamicCache(config=c)
         state_cache = self._state_cache(cache)
         states = self._read_state(state_cache, B)
+        region_mask = None
+        if encoder_attention_mask is not None:
+            if tuple(encoder_attention_mask.shape) != tuple(encoder_hidden_states.shape[:2]):
+                raise ValueError(
+                    f"encoder_attention_mask has shape {tuple(encoder_attention_mask.shape)}; it needs one entry per "
+                    f"region: {tuple(encoder_hidden_states.shape[:2])}"
+                )
+            region_mask = encoder_attention_mask.bool()
+            if not bool(region_mask.any(dim=1).all()):
+                raise ValueError("encoder_attention_mask leaves an image with no region to attend")
         if states is None:
-            states = self.initial_state(encoder_hidden_states)
+            states = self.initial_state(encoder_hidden_states, region_mask)
 
         features = encoder_hidden_states
         projected = self.attention.encoder_proj(features)
@@ -330,7 +358,7 @@ class LSTMDecoderForCausalLM(LSTMDecoderPreTrainedModel, GenerationMixin):
         outputs, weights = [], []
         layer_outputs = [[] for _ in self.cells] if output_hidden_states else None
         for t in range(T):
-            context, alpha = self.attention(features, projected, states[-1][:, 0])
+            context, alpha = self.attention(features, projected, states[-1][:, 0], region_mask)
             if self.context_gate is not None:
                 context = torch.sigmoid(self.context_gate(states[-1][:, 0])) * context
             x = torch.cat([embeds[:, t], context], dim=-1)
@@ -364,7 +392,7 @@ class LSTMDecoderForCausalLM(LSTMDecoderPreTrainedModel, GenerationMixin):
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=c.vocab_size, **kwargs)
             # Step t predicts labels[t + 1] (the loss shifts), so step t belongs to the caption when that label does.
             shifted = F.pad(labels[:, 1:], (0, 1), value=-100)
-            penalty = doubly_stochastic_penalty(attention_weights, shifted != -100)
+            penalty = doubly_stochastic_penalty(attention_weights, shifted != -100, region_mask)
             if c.attention_regularization > 0:
                 loss = loss + c.attention_regularization * penalty
 

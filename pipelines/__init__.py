@@ -13,28 +13,34 @@ Tasks (neither name is a stock task of transformers 5, whose ``image-to-text`` w
 - ``"image-captioning"``: ``ImageCaptioningPipeline``, models loaded with ``AutoModelForImageTextToText``
   (``models.captioner.CaptionerModel`` folders and stock ``VisionEncoderDecoderModel`` ones);
 - ``"semantic-segmentation"``: ``SemanticSegmentationPipeline``, models loaded with
-  ``AutoModelForSemanticSegmentation`` (``models.unet.UnetForSemanticSegmentation``).
+  ``AutoModelForSemanticSegmentation`` (``models.unet.UnetForSemanticSegmentation``);
+- ``"image-captioning-seg"``: ``CaptionSegPipeline``, a caption and a segmentation from one segmentation-aware
+  captioner (``models.caption_seg_model.CaptionSegModel``, loaded with ``AutoModel``); without ``model=`` it loads
+  the model ``make demo`` trained.
 
 Importing this package also imports the model modules, which register their configs, models and image processor
 with the Auto classes, so the folders load in this process with or without ``trust_remote_code=True``.
 """
 
-from transformers import AutoModelForImageTextToText, AutoModelForSemanticSegmentation
+from transformers import AutoModel, AutoModelForImageTextToText, AutoModelForSemanticSegmentation
 from transformers.pipelines import PIPELINE_REGISTRY
 
 # Imported for their Auto-class registrations.
+import models.caption_seg_model  # noqa: F401
 import models.captioner  # noqa: F401
 import models.segmentation_image_processor  # noqa: F401
 import models.unet  # noqa: F401
 
 from .caption_pipeline import ImageCaptioningPipeline
+from .caption_seg_pipeline import CaptionSegPipeline, DemoModelDefault
 from .segmentation_pipeline import SemanticSegmentationPipeline
 
 CAPTIONING_TASK = "image-captioning"
 SEGMENTATION_TASK = "semantic-segmentation"
+CAPTION_SEG_TASK = "image-captioning-seg"
 
 
-def _register(task: str, pipeline_class: type, pt_model: type, kind: str) -> None:
+def _register(task: str, pipeline_class: type, pt_model: type, kind: str, default: dict | None = None) -> None:
     existing = PIPELINE_REGISTRY.supported_tasks.get(task)
     # Stock tasks name their class lazily as "transformers.pipelines.<module>.<Class>"; registered ones hold it.
     impl = None if existing is None else existing["impl"]
@@ -47,11 +53,20 @@ def _register(task: str, pipeline_class: type, pt_model: type, kind: str) -> Non
         )
     if impl is pipeline_class:
         return  # imported again (e.g. importlib.reload of a submodule): already registered
-    PIPELINE_REGISTRY.register_pipeline(task, pipeline_class=pipeline_class, pt_model=pt_model, type=kind)
+    PIPELINE_REGISTRY.register_pipeline(task, pipeline_class=pipeline_class, pt_model=pt_model, type=kind,
+                                        default=default)
 
 
 # "multimodal" is how transformers 4 typed its image-to-text task; transformers 5 stores the type but reads it nowhere.
 _register(CAPTIONING_TASK, ImageCaptioningPipeline, AutoModelForImageTextToText, "multimodal")
 _register(SEGMENTATION_TASK, SemanticSegmentationPipeline, AutoModelForSemanticSegmentation, "image")
+_register(CAPTION_SEG_TASK, CaptionSegPipeline, AutoModel, "multimodal", default=DemoModelDefault())
 
-__all__ = ["CAPTIONING_TASK", "SEGMENTATION_TASK", "ImageCaptioningPipeline", "SemanticSegmentationPipeline"]
+__all__ = [
+    "CAPTIONING_TASK",
+    "CAPTION_SEG_TASK",
+    "SEGMENTATION_TASK",
+    "CaptionSegPipeline",
+    "ImageCaptioningPipeline",
+    "SemanticSegmentationPipeline",
+]

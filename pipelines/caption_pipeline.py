@@ -17,11 +17,11 @@ output shape: ``[{"generated_text": ...}]`` per image.
 
 from __future__ import annotations
 
-from transformers.pipelines.base import Pipeline
 
 from models.caption_report import attention_maps
 
 from .image_inputs import DEFAULT_MAX_IMAGE_PIXELS, load_image
+from .image_pipeline import ImagePipeline
 
 
 def _positive_int(name: str, value) -> int:
@@ -30,7 +30,19 @@ def _positive_int(name: str, value) -> int:
     return value
 
 
-class ImageCaptioningPipeline(Pipeline):
+def merge_generate_kwargs(num_beams: int | None, max_new_tokens: int | None, generate_kwargs: dict | None) -> dict:
+    """``generate_kwargs`` with ``num_beams`` and ``max_new_tokens`` added (each checked; given twice is an error)."""
+    generate = dict(generate_kwargs or {})
+    for name, value in (("num_beams", num_beams), ("max_new_tokens", max_new_tokens)):
+        if value is None:
+            continue
+        if name in generate:
+            raise ValueError(f"{name} is given twice, as a parameter and in generate_kwargs; give it once")
+        generate[name] = _positive_int(name, value)
+    return generate
+
+
+class ImageCaptioningPipeline(ImagePipeline):
     """Caption images with a captioning encoder-decoder model, its tokenizer and its image processor.
 
     Inputs: a PIL image, a local file path or a numpy array, or a list of them (see ``pipelines.image_inputs``).
@@ -83,13 +95,7 @@ class ImageCaptioningPipeline(Pipeline):
         preprocess, forward, postprocess = {}, {}, {}
         if max_image_pixels is not None:
             preprocess["max_image_pixels"] = max_image_pixels
-        generate = dict(generate_kwargs or {})
-        for name, value in (("num_beams", num_beams), ("max_new_tokens", max_new_tokens)):
-            if value is None:
-                continue
-            if name in generate:
-                raise ValueError(f"{name} is given twice, as a parameter and in generate_kwargs; give it once")
-            generate[name] = _positive_int(name, value)
+        generate = merge_generate_kwargs(num_beams, max_new_tokens, generate_kwargs)
         if generate.get("max_new_tokens") is not None:
             self._check_decoder_length(generate["max_new_tokens"])
         if generate_kwargs is not None or generate:
@@ -107,14 +113,6 @@ class ImageCaptioningPipeline(Pipeline):
                 f"max_new_tokens={max_new_tokens} is more than this decoder can produce: it has "
                 f"{positions} positions, the start token included; use max_new_tokens <= {positions - 1}"
             )
-
-    def __call__(self, inputs, **kwargs):
-        """Caption one image or a list of images; see the class docstring for inputs, parameters and outputs."""
-        if isinstance(inputs, tuple):
-            inputs = list(inputs)
-        if isinstance(inputs, list) and not inputs:
-            return []  # transformers' Pipeline.__call__ indexes inputs[0]
-        return super().__call__(inputs, **kwargs)
 
     def preprocess(self, image, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, keep_image: bool = False):
         rgb = load_image(image, max_image_pixels)
@@ -149,4 +147,4 @@ class ImageCaptioningPipeline(Pipeline):
         return [record]
 
 
-__all__ = ["ImageCaptioningPipeline"]
+__all__ = ["ImageCaptioningPipeline", "merge_generate_kwargs"]

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.nn import functional as F
-from transformers.pipelines.base import Pipeline
 
 from models.sliding_window import MODES, predict_logits
 
 from .image_batching import VariableSizeImageBatching, pad_stack, split_by_size
-from .image_inputs import DEFAULT_MAX_IMAGE_PIXELS, image_size, load_image
+from .image_inputs import DEFAULT_MAX_IMAGE_PIXELS
+from .image_pipeline import ImagePipeline
 
 
 def logits_at_original_size(image_processor, logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -75,7 +75,7 @@ def segments_from_class_map(class_map: np.ndarray, confidence: np.ndarray, id2la
     return segments
 
 
-class SemanticSegmentationPipeline(VariableSizeImageBatching, Pipeline):
+class SemanticSegmentationPipeline(VariableSizeImageBatching, ImagePipeline):
     """Semantic segmentation with a ``UnetForSemanticSegmentation`` (or any model returning ``.logits`` of shape
     (B, num_labels, H, W) from ``pixel_values``) and its ``SegmentationImageProcessor``.
 
@@ -138,18 +138,8 @@ class SemanticSegmentationPipeline(VariableSizeImageBatching, Pipeline):
             postprocess["return_class_map"] = bool(return_class_map)
         return preprocess, forward, postprocess
 
-    def __call__(self, inputs, **kwargs):
-        """Segment one image or a list of images; see the class docstring for inputs, parameters and outputs."""
-        if isinstance(inputs, tuple):
-            inputs = list(inputs)
-        if isinstance(inputs, list) and not inputs:
-            return []  # transformers' Pipeline.__call__ indexes inputs[0]
-        return super().__call__(inputs, **kwargs)
-
     def preprocess(self, image, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> dict:
-        rgb = load_image(image, max_image_pixels)
-        pixel_values = self.image_processor(images=[rgb], return_tensors="pt")["pixel_values"]
-        return {"pixel_values": pixel_values.to(self.dtype), "original_size": torch.tensor([image_size(rgb)])}
+        return self.pixel_inputs(image, max_image_pixels)
 
     def _forward(self, model_inputs: dict, mode: str = "whole", window=None, stride=None, flip: bool = False) -> dict:
         sizes = model_inputs["original_size"]

@@ -8,6 +8,9 @@ prediction, legend), predicting at each image's own resolution (whole image, or 
 caption: ``metrics.json`` / ``metrics.md`` (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, labelled fast or official;
 distinct-caption share; attribute accuracy on shapes), ``predictions.jsonl``, ``samples.png`` and
 ``attention/`` (one picture per word).
+caption-seg: both sets of metrics from ``pipeline("image-captioning-seg")`` (``pipelines.caption_seg_report``),
+``predictions.jsonl`` and ``overlays/`` (photo, coloured mask, legend, caption); ``--no-segment-aware`` captions
+without the segment tokens.
 
 Bad input ends with one ``error:`` line (exit status 2), never a traceback.
 """
@@ -30,7 +33,7 @@ from datasets_cfg import DatasetError, load_dataset_from_config, parse_overrides
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--task", required=True, choices=["segment", "caption"])
+    p.add_argument("--task", required=True, choices=["segment", "caption", "caption-seg"])
     p.add_argument("--model", required=True, help="a folder written by scripts/train.py (e.g. OUTPUT_DIR/best)")
     p.add_argument("--dataset", required=True, help="dataset YAML path or shipped name")
     p.add_argument("--root", help="the dataset's folder")
@@ -49,6 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="official: PTB tokenizer and METEOR 1.5 through pycocoevalcap (needs Java)")
     g.add_argument("--num-beams", type=int, help="beam width (default: the model's generation config)")
     g.add_argument("--batch-size", type=int, default=16)
+    g = p.add_argument_group("caption-seg (also --metrics, --num-beams, --batch-size)")
+    g.add_argument("--no-segment-aware", action="store_true", help="caption without the segment tokens")
     return p.parse_args(argv)
 
 
@@ -90,6 +95,21 @@ def evaluate_caption(args, split, out: Path) -> dict:
     )
 
 
+def evaluate_caption_seg(args, split, out: Path) -> dict:
+    import pipelines  # noqa: F401  (registers the task)
+    from metrics.caption_metrics import preflight
+    from pipelines.caption_seg_report import evaluate_caption_seg as run_report
+    from transformers import pipeline
+
+    missing = preflight(args.metrics)
+    if missing:
+        raise DatasetError(f"--metrics {args.metrics} cannot run here: " + "; ".join(missing))
+    pipe = pipeline("image-captioning-seg", model=args.model, trust_remote_code=True)
+    return run_report(pipe, split, out, batch_size=args.batch_size, num_beams=args.num_beams,
+                      segment_aware=False if args.no_segment_aware else None, metrics_mode=args.metrics,
+                      examples=args.examples, max_samples=args.max_samples)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not Path(args.model).is_dir():
@@ -99,7 +119,7 @@ def main(argv=None) -> int:
     try:
         overrides = parse_overrides(args.data_set)
         data = load_dataset_from_config(args.dataset, root=args.root, splits=[args.split], cache_dir=args.cache_dir, **overrides)
-        run = evaluate_segment if args.task == "segment" else evaluate_caption
+        run = {"segment": evaluate_segment, "caption": evaluate_caption, "caption-seg": evaluate_caption_seg}[args.task]
         metrics = run(args, data[args.split], out)
     except (DatasetError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", required=True, help="dataset YAML path or shipped name (e.g. shapes, camvid)")
     parser.add_argument("--root", help="the dataset's folder (wins over the YAML's root)")
     parser.add_argument("--split", action="append", help="only this split (repeatable)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a YAML key")
+    parser.add_argument("--set", "--data-set", dest="set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a YAML key (--data-set as in train.py and evaluate.py)")
     parser.add_argument("--skip-bad-rows", action="store_true", help="same as --set on_error=skip")
     parser.add_argument("--cache-dir", help="Arrow cache folder (default: the datasets cache)")
     parser.add_argument("--save-to", help="also write the DatasetDict here with save_to_disk")

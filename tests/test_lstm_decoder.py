@@ -172,3 +172,89 @@ def test_bad_inputs_raise_clear_errors():
         model(input_ids=ids, encoder_hidden_states=torch.randn(2, 5, C + 1))
     with pytest.raises(ValueError, match="batch"):
         model(input_ids=ids, encoder_hidden_states=torch.randn(3, 5, C))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# encoder_attention_mask: regions (e.g. the absent segments of the segmentation-aware captioner) that may not be
+# attended
+
+
+def test_masked_regions_get_exactly_zero_attention():
+    torch.manual_seed(0)
+    model = tiny_decoder().eval()
+    mask = torch.tensor([[True, False, True, True, False, True], [False, False, False, True, True, True]])
+    out = model(input_ids=torch.randint(0, VOCAB, (2, 5)), encoder_hidden_states=torch.randn(2, 6, C),
+                encoder_attention_mask=mask, output_attentions=True)
+    weights = out.attention_weights  # (2, 5, 6)
+    assert torch.all(weights[~mask[:, None, :].expand_as(weights)] == 0)
+    assert torch.all(weights[mask[:, None, :].expand_as(weights)] > 0)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 5))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_mask_equals_removing_the_masked_regions(cell):
+    """The defining property: a masked region has no influence at all (attention, initial state, penalty)."""
+    torch.manual_seed(0)
+    model = tiny_decoder(cell, layers=2, attention_regularization=1.0).eval()
+    features = torch.randn(3, 7, C)
+    ids = torch.randint(3, VOCAB, (3, 5))
+    mask = torch.tensor([[1, 0, 1, 1, 0, 1, 1], [0, 0, 0, 0, 0, 0, 1], [1, 1, 1, 1, 1, 1, 1]])  # 0/1, not bool
+    with torch.no_grad():
+        masked = model(input_ids=ids, encoder_hidden_states=features, encoder_attention_mask=mask,
+                       labels=ids, output_attentions=True)
+        for b in range(3):
+            kept = features[b : b + 1, mask[b].bool()]
+            alone = model(input_ids=ids[b : b + 1], encoder_hidden_states=kept, labels=ids[b : b + 1],
+                          output_attentions=True)
+            torch.testing.assert_close(masked.logits[b : b + 1], alone.logits, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(masked.attention_weights[b, :, mask[b].bool()], alone.attention_weights[0],
+                                       rtol=1e-5, atol=1e-5)
+        # The penalty counts only the regions that exist: for one image it equals the penalty without them.
+        one = model(input_ids=ids[:1], encoder_hidden_states=features[:1], encoder_attention_mask=mask[:1],
+                    labels=ids[:1])
+        kept = model(input_ids=ids[:1], encoder_hidden_states=features[:1, mask[0].bool()], labels=ids[:1])
+        torch.testing.assert_close(one.attention_penalty, kept.attention_penalty, rtol=1e-5, atol=1e-6)
+        # ...and the mask really changes something: without it the masked images decode differently.
+        unmasked = model(input_ids=ids, encoder_hidden_states=features)
+    assert not torch.allclose(unmasked.logits[:2], masked.logits[:2], atol=1e-3)
+    torch.testing.assert_close(unmasked.logits[2], masked.logits[2])  # an all-True row is no mask
+
+
+def _until_eos(ids: torch.Tensor, eos: int = 2) -> list[int]:
+    ids = ids.tolist()
+    return ids[: ids.index(eos) + 1] if eos in ids else ids
+
+
+def test_a_masked_region_has_no_influence_on_beam_search_and_the_cache():
+    torch.manual_seed(1)
+    model = tiny_decoder().eval()
+    model.generation_config.update(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    features = torch.randn(2, 6, C)
+    mask = torch.tensor([[True, True, False, True, False, True], [True, False, False, False, True, True]])
+    start = torch.ones(2, 1, dtype=torch.long)
+    kw = dict(num_beams=3, max_length=8, return_dict_in_generate=True, output_scores=True)
+    batched = model.generate(input_ids=start, encoder_hidden_states=features, encoder_attention_mask=mask, **kw)
+    for b in range(2):
+        alone = model.generate(input_ids=start[:1], encoder_hidden_states=features[b : b + 1, mask[b]], **kw)
+        assert _until_eos(batched.sequences[b]) == _until_eos(alone.sequences[0])
+        torch.testing.assert_close(batched.sequences_scores[b], alone.sequences_scores[0], rtol=1e-5, atol=1e-5)
+    unmasked = model.generate(input_ids=start, encoder_hidden_states=features, **kw)
+    assert _until_eos(unmasked.sequences[0]) != _until_eos(batched.sequences[0])  # the mask matters here
+
+
+def test_bad_encoder_attention_masks_raise_value_errors():
+    model = tiny_decoder().eval()
+    ids, features = torch.randint(0, VOCAB, (2, 3)), torch.randn(2, 5, C)
+    empty_row = torch.tensor([[True] * 5, [False] * 5])
+    with pytest.raises(ValueError, match="no region to attend"):
+        model(input_ids=ids, encoder_hidden_states=features, encoder_attention_mask=empty_row)
+    for shape in [(2, 4), (1, 5), (2, 5, 1), (5,)]:
+        with pytest.raises(ValueError, match="one entry per region"):
+            model(input_ids=ids, encoder_hidden_states=features, encoder_attention_mask=torch.ones(shape, dtype=torch.bool))
+
+
+def test_doubly_stochastic_penalty_ignores_masked_regions():
+    weights = torch.tensor([[[0.5, 0.5, 0.0], [0.5, 0.5, 0.0]]])  # 2 steps; region 2 masked, never attended
+    # Regions 0 and 1 each get exactly 1 over the caption: no penalty. Region 2 would add (1 - 0)^2 if it counted.
+    assert doubly_stochastic_penalty(weights, region_mask=torch.tensor([[True, True, False]])).item() == 0.0
+    assert doubly_stochastic_penalty(weights).item() == pytest.approx(1 / 3)

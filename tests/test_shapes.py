@@ -351,8 +351,26 @@ def test_reduce_labels_makes_background_ignored(cache_dir):
         {"binary_mask": True},
         {"ignore_index": 3},
         {"num_images": 100},  # not a shapes key
+        {"caption_style": "short"},
     ],
 )
 def test_bad_options_raise_dataset_error(bad, cache_dir):
     with pytest.raises(DatasetError):
         load_dataset_from_config({"format": "shapes", **bad}, cache_dir=cache_dir)
+
+
+def test_canonical_captions_name_every_object_and_keep_the_images(cache_dir):
+    from models.shapes_attribute_accuracy import shapes_attribute_accuracy
+
+    options = {"num_train": 0, "num_validation": 0, "num_test": 40, "max_objects": 4}
+    varied = load_dataset_from_config("shapes", cache_dir=cache_dir, **options)["test"]
+    canonical = load_dataset_from_config("shapes", cache_dir=cache_dir, caption_style="canonical", **options)["test"]
+    assert all(len(c) == 1 for c in canonical["captions"])
+    assert canonical["captions"] != [[c[0]] for c in varied["captions"]]
+    assert [np.asarray(i).tobytes() for i in canonical["image"]] == [np.asarray(i).tobytes() for i in varied["image"]]
+    captions = [c[0] for c in canonical["captions"]]
+    # Every canonical caption names each object with its size, colour and shape, and its relation holds.
+    scores = shapes_attribute_accuracy(captions, canonical["scene"])
+    assert scores["attribute_accuracy"] == 1.0 and scores["relation_accuracy"] == 1.0
+    for caption, scene in zip(captions, canonical["scene"]):
+        assert caption.count(" and ") == max(len(scene["objects"]) - 2, 0)

@@ -1,0 +1,148 @@
+"""Ablation on synthetic shapes: the segmentation-aware captioner vs the plain one, same encoder, data and budget;
+and the combined pipeline's inference time vs the captioning and segmentation pipelines run one after the other.
+
+    python benchmarks/caption_seg_ablation.py [--minutes 6] [--seeds 0 1 2] [--out benchmarks/results/caption_seg_ablation.json]
+
+Part 1 trains ``scripts/train.py --task caption-seg`` (the ``make demo`` recipe, ``scripts/demo.py``) once per
+seed with segment tokens and once with ``--no-segment-tokens``, each for ``--minutes`` of training, and scores the
+best checkpoint on the 200-image test split with ``scripts/evaluate.py --task caption-seg``: BLEU-4, CIDEr,
+attribute accuracy (every object's shape and colour named, nothing false; ``shapes_attribute_accuracy``), the rate
+of correct relations, and mIoU. Mean and spread (max - min) over the seeds.
+
+Part 2 times, on the same 48 test images (``--timing-images``) and with the same caption length forced (``min_new_tokens`` =
+``max_new_tokens``, so that neither side wins by stopping early), one ``pipeline("image-captioning-seg")`` call
+per image against a ``pipeline("image-captioning")`` call plus a ``pipeline("semantic-segmentation")`` call with
+models of the same architecture: the same EfficientNet-Lite0 U-Net, and a captioner whose CNN encoder is the same
+EfficientNet-Lite0 with the same LSTM decoder. The combined model runs the encoder once; the pair runs it twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.training_run import machine, train_and_evaluate, write_results  # noqa: E402
+from scripts.demo import DATA, TRAIN  # noqa: E402
+
+MEASURES = ("BLEU-4", "CIDEr", "attribute_accuracy", "relation_rate", "object_recall", "mIoU")
+
+
+def summarize(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "spread": max(values) - min(values), "values": values}
+
+
+def ablation(args) -> dict:
+    runs = {"segment-aware": [], "plain": []}
+    evaluate = ["--task", "caption-seg", *DATA, "--split", "test", "--examples", "4"]
+    for seed in args.seeds:
+        for variant, extra in (("segment-aware", []), ("plain", ["--no-segment-tokens"])):
+            train = [*TRAIN, "--epochs", str(args.epochs), "--time-budget-min", str(args.minutes), "--seed", str(seed),
+                     *extra]
+            result = train_and_evaluate(f"{variant}_seed{seed}", train, evaluate, Path(args.work_dir))
+            m = result["metrics"]
+            print(f"{variant} seed {seed}: " + ", ".join(f"{k} {m.get(k, float('nan')):.4f}" for k in MEASURES)
+                  + f" ({result['train_seconds'] / 60:.1f} min)", flush=True)
+            runs[variant].append(result)
+    summary = {
+        variant: {k: summarize([r["metrics"].get(k, float("nan")) for r in results]) for k in MEASURES}
+        for variant, results in runs.items()
+    }
+    return {"runs": runs, "summary": summary}
+
+
+def timing(args) -> dict:
+    import torch
+    from transformers import pipeline
+
+    import pipelines  # noqa: F401
+    from datasets_cfg import load_dataset_from_config
+    from datasets_cfg.shapes import CLASS_NAMES
+    from models.caption_seg_model import build_caption_seg_model, save_caption_seg
+    from models.caption_tokenizer import train_caption_tokenizer
+    from models.captioner import build_captioner, save_captioner
+    from models.segmentation_image_processor import SegmentationImageProcessor
+
+    torch.set_num_threads(args.threads)
+    split = load_dataset_from_config("shapes", splits=["test"], num_test=args.timing_images)["test"]
+    images = [image.convert("RGB") for image in split["image"]]
+    tokenizer = train_caption_tokenizer(split["captions"])
+    options = {"embedding_size": 256, "hidden_size": 512, "attention_size": 256}
+    tokens = args.caption_tokens
+    work = Path(tempfile.mkdtemp(prefix="capseg_timing_"))
+    combined, processor = build_caption_seg_model(tokenizer, list(CLASS_NAMES), decoder_options=options)
+    save_caption_seg(combined, tokenizer, processor, work / "combined")
+    save_captioner(*_captioner(build_captioner, tokenizer, options), work / "captioner")
+    combined.segmenter.save_pretrained(work / "unet")
+    SegmentationImageProcessor.for_model(combined.segmenter.config).save_pretrained(work / "unet")
+
+    generate = {"num_beams": 3, "max_new_tokens": tokens}
+    pipes = {
+        "combined": pipeline("image-captioning-seg", model=str(work / "combined")),
+        "captioning": pipeline("image-captioning", model=str(work / "captioner")),
+        "segmentation": pipeline("semantic-segmentation", model=str(work / "unet")),
+    }
+    forced = {**generate, "min_new_tokens": tokens}
+    calls = {
+        "combined": lambda im: pipes["combined"](im, generate_kwargs=forced),
+        "captioning": lambda im: pipes["captioning"](im, generate_kwargs=forced),
+        "segmentation": lambda im: pipes["segmentation"](im),
+    }
+    seconds = {}
+    for name, call in calls.items():
+        call(images[0])  # warm-up
+        start = time.perf_counter()
+        for image in images:
+            call(image)
+        seconds[name] = (time.perf_counter() - start) / len(images)
+    two = seconds["captioning"] + seconds["segmentation"]
+    return {"images": len(images), "caption_tokens": tokens, "seconds_per_image": seconds,
+            "two_pipelines_seconds_per_image": two, "speedup": two / seconds["combined"]}
+
+
+def _captioner(build_captioner, tokenizer, options):
+    model, processor = build_captioner(tokenizer, encoder="tf_efficientnet_lite0", decoder="lstm", image_size=128,
+                                       encoder_options={"feature_stage": 3, "hidden_size": 256},
+                                       decoder_options=options)
+    return model, tokenizer, processor
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--minutes", type=float, default=6.0, help="training budget of every run")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--caption-tokens", type=int, default=12)
+    p.add_argument("--timing-images", type=int, default=48)
+    p.add_argument("--skip-training", action="store_true", help="only the inference timing")
+    p.add_argument("--work-dir", default="outputs/benchmarks/caption_seg_ablation")
+    p.add_argument("--out", default="benchmarks/results/caption_seg_ablation.json")
+    args = p.parse_args()
+
+    result = {"benchmark": "caption_seg_ablation", "machine": machine(), "minutes_per_run": args.minutes,
+              "train_args": TRAIN}
+    if not args.skip_training:
+        result.update(ablation(args))
+        print("\n| measure | segment-aware (mean ± spread) | plain (mean ± spread) |\n|---|---|---|")
+        for k in MEASURES:
+            a, b = result["summary"]["segment-aware"][k], result["summary"]["plain"][k]
+            print(f"| {k} | {a['mean']:.4f} ± {a['spread']:.4f} | {b['mean']:.4f} ± {b['spread']:.4f} |")
+    result["timing"] = t = timing(args)
+    print("\n| pipeline | seconds per image |\n|---|---|")
+    for name, s in t["seconds_per_image"].items():
+        print(f"| {name} | {s:.3f} |")
+    print(f"| captioning + segmentation | {t['two_pipelines_seconds_per_image']:.3f} |")
+    print(f"\ncombined vs the two pipelines: {t['speedup']:.2f}x faster (target >= 1.5x)")
+    write_results(Path(args.out), result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Segment tokens: one feature vector per class of a segmentation, for a caption decoder to attend over.
+
+A semantic segmentation says *which* classes are in the image and *where*; a caption decoder that attends only over
+a grid of image regions has to rediscover both. ``SegmentTokens`` turns a (one-hot) segmentation into one token per
+class, so the decoder can attend to "the circle" as one thing:
+
+    token_k = LayerNorm(class_embedding[k] + W_f [mask-pooled features of segment k] + W_g [geometry of segment k])
+
+- mask-pooled features: the mean, over the segment's pixels, of the U-Net decoder's last feature map (full
+  resolution), of the region features (the segment's mask averaged down to the region grid) and of the input
+  pixels themselves (the segment's mean colour, which names like "red" depend on);
+- geometry: area (square root), centroid, spread and bounding box, in [0, 1] image coordinates, which relations
+  such as "to the left of" and "above" depend on.
+
+A class is *present* when its segment covers at least ``min_area`` of the image; absent classes get a zero token
+and a False entry in the presence mask, which the decoder uses as its ``encoder_attention_mask``.
+
+Shapes: ``segments`` (B, K, H, W) float in [0, 1] (one-hot or probabilities), ``pixel_features`` (B, D, H, W),
+``region_map`` (B, C, h, w), ``pixel_values`` (B, 3, H, W) -> tokens (B, K, C) and presence (B, K) bool.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+# area (sqrt), centroid (x, y), spread (x, y), box (x0, y0, x1, y1)
+GEOMETRY_FEATURES = 9
+
+
+def segment_geometry(segments: torch.Tensor) -> torch.Tensor:
+    """(B, K, GEOMETRY_FEATURES) geometry of each segment of (B, K, H, W) masks; zeros for an empty segment."""
+    B, K, H, W = segments.shape
+    dtype = segments.dtype
+    ys = (torch.arange(H, device=segments.device, dtype=dtype) + 0.5) / H
+    xs = (torch.arange(W, device=segments.device, dtype=dtype) + 0.5) / W
+    mass = segments.sum(dim=(2, 3))  # (B, K)
+    safe = mass.clamp(min=1e-6)
+    row_mass, col_mass = segments.sum(dim=3), segments.sum(dim=2)  # (B, K, H), (B, K, W)
+    cy = (row_mass * ys).sum(-1) / safe
+    cx = (col_mass * xs).sum(-1) / safe
+    sy = ((row_mass * (ys - cy[..., None]) ** 2).sum(-1) / safe).clamp(min=0).sqrt()
+    sx = ((col_mass * (xs - cx[..., None]) ** 2).sum(-1) / safe).clamp(min=0).sqrt()
+    rows_on, cols_on = row_mass > 0, col_mass > 0
+
+    def extent(on: torch.Tensor, coords: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        first = torch.where(on, coords, torch.full_like(coords, 2.0)).amin(-1) - 0.5 / size
+        last = torch.where(on, coords, torch.full_like(coords, -1.0)).amax(-1) + 0.5 / size
+        return first, last
+
+    y0, y1 = extent(rows_on, ys.expand_as(row_mass), H)
+    x0, x1 = extent(cols_on, xs.expand_as(col_mass), W)
+    geometry = torch.stack([(mass / (H * W)).sqrt(), cx, cy, sx, sy, x0, y0, x1, y1], dim=-1)
+    return torch.where((mass > 0)[..., None], geometry, torch.zeros_like(geometry))
+
+
+def mask_pool(segments: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """(B, K, D): the mean of (B, D, h, w) ``features`` over each of the (B, K, H, W) segments (resized to h x w
+    by area averaging, so a segment's weight on a region is the share of the region it covers)."""
+    if segments.shape[-2:] != features.shape[-2:]:
+        segments = F.adaptive_avg_pool2d(segments, features.shape[-2:])
+    weights = segments.flatten(2)  # (B, K, hw)
+    pooled = torch.bmm(weights, features.flatten(2).transpose(1, 2))  # (B, K, D)
+    return pooled / weights.sum(-1, keepdim=True).clamp(min=1e-6)
+
+
+class SegmentTokens(nn.Module):
+    """One token of size ``hidden_size`` per class from a segmentation; see the module docstring."""
+
+    def __init__(self, num_classes: int, pixel_feature_size: int, region_feature_size: int, hidden_size: int,
+                 image_channels: int = 3, min_area: float = 0.002):
+        super().__init__()
+        self.min_area = float(min_area)
+        self.class_embedding = nn.Embedding(num_classes, hidden_size)
+        self.feature_proj = nn.Linear(pixel_feature_size + region_feature_size + image_channels, hidden_size)
+        self.geometry_proj = nn.Sequential(
+            nn.Linear(GEOMETRY_FEATURES, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
+        )
+        self.norm = nn.LayerNorm(hidden_size)
+
+    def presence(self, segments: torch.Tensor) -> torch.Tensor:
+        """(B, K) True where a class covers at least ``min_area`` of the image (and at least one pixel)."""
+        area = segments.flatten(2).mean(-1)
+        pixels = segments.flatten(2).sum(-1)
+        return (area >= self.min_area) & (pixels > 0)
+
+    def forward(self, segments: torch.Tensor, pixel_features: torch.Tensor, region_map: torch.Tensor,
+                pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, K = segments.shape[:2]
+        segments = segments.to(pixel_features.dtype)
+        pooled = torch.cat(
+            [mask_pool(segments, pixel_features), mask_pool(segments, region_map),
+             mask_pool(segments, pixel_values.to(pixel_features.dtype))],
+            dim=-1,
+        )
+        classes = torch.arange(K, device=segments.device)
+        tokens = self.class_embedding(classes)[None] + self.feature_proj(pooled) + self.geometry_proj(
+            segment_geometry(segments)
+        )
+        present = self.presence(segments)
+        tokens = self.norm(tokens) * present[..., None].to(tokens.dtype)
+        return tokens, present
+
+
+__all__ = ["GEOMETRY_FEATURES", "SegmentTokens", "mask_pool", "segment_geometry"]

@@ -1,0 +1,370 @@
+"""The segmentation-aware captioner: segment tokens, the joint loss and its gradients, shared encoder passes, where
+the segment tokens come from, region captions, batched generation, and saving / loading in a fresh process."""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+from torch.nn import functional as F
+
+from datasets_cfg.shapes import generate_scene
+from models.caption_seg_model import CaptionSegModel, load_caption_seg, save_caption_seg
+from models.segment_tokens import GEOMETRY_FEATURES, SegmentTokens, mask_pool, segment_geometry
+from tests.caption_seg_factory import build_tiny_caption_seg_model
+from tests.conftest import REPO
+from tests.image_factory import photo_array
+
+SIZE = 64  # the tiny model's image size
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """(model, tokenizer, processor) in eval mode; tests that change it take a copy."""
+    return build_tiny_caption_seg_model()
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[Image.Image]:
+    # Noise photos of different colours: the random tiny model gives them different captions (shapes scenes at
+    # random weights all get the same one, which would let "batch == singles" pass trivially).
+    return [Image.fromarray(photo_array(w=SIZE, h=SIZE, seed=s)) for s in (0, 3, 4, 5)]
+
+
+def pixels(processor, images) -> torch.Tensor:
+    return processor(images, return_tensors="pt")["pixel_values"]
+
+
+def until_eos(ids: torch.Tensor, eos: int) -> list[int]:
+    """A generated row up to its <eos> (batched rows are padded after it, single ones are not)."""
+    ids = ids.tolist()
+    return ids[: ids.index(eos) + 1] if eos in ids else ids
+
+
+def shapes_batch(processor, n=2, seed_offset=0):
+    """Shapes scenes with their masks through the model's processor: pixel_values and segmentation_labels."""
+    scenes = [generate_scene(i + seed_offset, image_size=SIZE) for i in range(n)]
+    batch = processor([s.image for s in scenes], segmentation_maps=[s.mask for s in scenes], return_tensors="pt")
+    return batch["pixel_values"], batch["labels"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Segment tokens
+
+
+def test_segment_geometry_of_a_hand_made_mask():
+    segments = torch.zeros(1, 3, 4, 8)
+    segments[0, 0, 0:2, 4:8] = 1  # a 2 x 4 block in the top right
+    segments[0, 2, 3, 0] = 1  # one pixel, bottom left; class 1 is empty
+    geometry = segment_geometry(segments)
+    assert geometry.shape == (1, 3, GEOMETRY_FEATURES)
+    # area (sqrt), centroid x, y, spread x, y, box x0, y0, x1, y1 in [0, 1] image coordinates (pixel centres at +0.5)
+    block = [(8 / 32) ** 0.5, 6 / 8, 1 / 4, 1.25 ** 0.5 / 8, 0.5 / 4, 4 / 8, 0.0, 1.0, 2 / 4]
+    pixel = [(1 / 32) ** 0.5, 0.5 / 8, 3.5 / 4, 0.0, 0.0, 0.0, 3 / 4, 1 / 8, 1.0]
+    torch.testing.assert_close(geometry[0, 0], torch.tensor(block))
+    torch.testing.assert_close(geometry[0, 2], torch.tensor(pixel))
+    assert torch.equal(geometry[0, 1], torch.zeros(GEOMETRY_FEATURES))
+
+
+def test_mask_pool_is_the_mean_over_the_segment():
+    torch.manual_seed(0)
+    features = torch.randn(1, 2, 4, 4)
+    segments = torch.zeros(1, 2, 4, 4)
+    segments[0, 0, 1, 1] = segments[0, 0, 2, 3] = segments[0, 0, 3, 0] = 1
+    segments[0, 1, :, :2] = 0.5  # soft: a weighted mean
+    segments[0, 1, 0, 3] = 1.0
+    pooled = mask_pool(segments, features)
+    expected0 = (features[0, :, 1, 1] + features[0, :, 2, 3] + features[0, :, 3, 0]) / 3
+    expected1 = (0.5 * features[0, :, :, :2].sum(dim=(1, 2)) + features[0, :, 0, 3]) / (0.5 * 8 + 1)
+    torch.testing.assert_close(pooled[0, 0], expected0)
+    torch.testing.assert_close(pooled[0, 1], expected1)
+
+
+def test_mask_pool_onto_a_coarser_grid_weights_regions_by_the_share_covered():
+    torch.manual_seed(0)
+    regions = torch.randn(1, 3, 2, 2)  # each region is a 2 x 2 block of the 4 x 4 mask
+    segment = torch.zeros(1, 1, 4, 4)
+    segment[0, 0, :2, :2] = 1  # the whole top-left region
+    segment[0, 0, 0, 2] = 1  # a quarter of the top-right one
+    expected = (regions[0, :, 0, 0] * 1.0 + regions[0, :, 0, 1] * 0.25) / 1.25
+    torch.testing.assert_close(mask_pool(segment, regions)[0, 0], expected)
+
+
+def test_absent_classes_get_zero_tokens_and_the_min_area_threshold():
+    torch.manual_seed(0)
+    tokens = SegmentTokens(num_classes=4, pixel_feature_size=5, region_feature_size=6, hidden_size=8,
+                           min_area=1 / 16)
+    segments = torch.zeros(1, 4, 16, 16)  # 256 pixels: min_area is 16 of them
+    segments[0, 0] = 1
+    segments[0, 0, :4, :4] = 0
+    segments[0, 1, :4, :4] = 1  # 16 pixels: exactly min_area, present
+    segments[0, 0, 8, :15] = 0
+    segments[0, 2, 8, :15] = 1  # 15 pixels: under min_area, absent; class 3 has no pixel at all
+    out, present = tokens(segments, torch.randn(1, 5, 16, 16), torch.randn(1, 6, 4, 4), torch.randn(1, 3, 16, 16))
+    assert out.shape == (1, 4, 8)
+    assert present.tolist() == [[True, True, False, False]]
+    assert torch.equal(out[0, 2:], torch.zeros(2, 8))
+    assert (out[0, :2].abs().sum(-1) > 0).all()
+    # The tokens of present classes differ.
+    assert not torch.allclose(out[0, 0], out[0, 1])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The model: loss, gradients, shared encoder passes
+
+
+def test_loss_parts_and_gradients_reach_every_part(tiny):
+    model, tokenizer, processor = tiny
+    model = copy.deepcopy(model).train()
+    pixel_values, seg_labels = shapes_batch(processor, 2)
+    captions = tokenizer(["a red circle above a star.", "a blue square."], padding=True, return_tensors="pt").input_ids
+    inputs, labels = captions[:, :-1], captions[:, 1:].masked_fill(captions[:, 1:] == tokenizer.pad_token_id, -100)
+    out = model(pixel_values, decoder_input_ids=inputs, labels=labels, segmentation_labels=seg_labels)
+    for part in (out.loss, out.caption_loss, out.segmentation_loss, out.attention_penalty):
+        assert part is not None and part.ndim == 0 and torch.isfinite(part)
+        assert part.requires_grad  # each part trains the model, the attention penalty included
+    reg = model.config.decoder.attention_regularization
+    torch.testing.assert_close(out.loss, out.caption_loss + reg * out.attention_penalty
+                               + model.config.segmentation_loss_weight * out.segmentation_loss)
+
+    def reached(module: torch.nn.Module) -> bool:
+        return any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+    # The caption loss alone trains the shared encoder, the pooled U-Net features, the joining layers and the
+    # decoder, but not the segmentation head: the segments that make the tokens are detached.
+    out.caption_loss.backward(retain_graph=True)
+    unet, st = model.segmenter.unet, model.segment_tokens
+    for name, module in [("encoder", unet.encoder), ("unet decoder", unet.decoder), ("region_proj", model.region_proj),
+                         ("caption decoder", model.decoder), ("attention", model.decoder.attention),
+                         ("segment tokens: class embedding", st.class_embedding),
+                         ("segment tokens: feature_proj", st.feature_proj),
+                         ("segment tokens: geometry_proj", st.geometry_proj), ("segment tokens: norm", st.norm)]:
+        assert reached(module), name
+    assert not reached(unet.segmentation_head)
+    model.zero_grad()
+    out.loss.backward()
+    assert reached(unet.segmentation_head) and reached(unet.encoder) and reached(st.feature_proj)
+
+
+def test_several_captions_per_image_share_its_encoder_pass(tiny, photos):
+    model, tokenizer, processor = tiny
+    px = pixels(processor, photos[:2])
+    ids = tokenizer(["a red circle", "two shapes: a star", "a blue square above a cross"], padding=True,
+                    return_tensors="pt").input_ids
+    with torch.no_grad():
+        shared = model(px, decoder_input_ids=ids, caption_image_index=torch.tensor([0, 0, 1]), output_attentions=True)
+        repeated = model(px[[0, 0, 1]], decoder_input_ids=ids, output_attentions=True)
+    assert shared.logits.shape[:2] == ids.shape and shared.segmentation_logits.shape[0] == 2
+    torch.testing.assert_close(shared.logits, repeated.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(shared.attention_weights, repeated.attention_weights, rtol=1e-5, atol=1e-5)
+    assert torch.equal(shared.memory_mask, repeated.memory_mask)
+    assert not torch.allclose(shared.logits[1], shared.logits[2], atol=1e-3)  # the two images do differ
+    with pytest.raises(ValueError, match="caption_image_index"):
+        model(px, decoder_input_ids=ids)
+
+
+def test_without_segment_tokens_the_memory_is_the_regions_only(tiny, photos):
+    model, tokenizer, processor = tiny
+    px = pixels(processor, photos[:2])
+    num_classes = len(model.config.id2label)
+    with torch.no_grad():
+        aware = model.encode(px, segment_aware=True)
+        plain = model.encode(px, segment_aware=False)
+    rows, cols = plain.region_grid
+    assert plain.memory.shape == (2, rows * cols, model.config.hidden_size) and plain.memory_mask is None
+    assert aware.memory.shape == (2, rows * cols + num_classes, model.config.hidden_size)
+    torch.testing.assert_close(aware.memory[:, : rows * cols], plain.memory)
+    assert aware.memory_mask[:, : rows * cols].all()
+    assert torch.equal(aware.memory_mask[:, rows * cols:], model.segment_tokens.presence(aware.segments))
+    torch.testing.assert_close(aware.segmentation_logits, plain.segmentation_logits)
+    ids = tokenizer(["a red circle", "a star"], padding=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        with_tokens = model(px, decoder_input_ids=ids).logits
+        without = model(px, decoder_input_ids=ids, segment_aware=False).logits
+    assert not torch.allclose(with_tokens, without, atol=1e-3)
+    assert model.config.segment_aware  # None means the config's default
+    with torch.no_grad():
+        torch.testing.assert_close(model(px, decoder_input_ids=ids, segment_aware=None).logits, with_tokens)
+
+
+def test_a_model_trained_without_segment_tokens_refuses_them(photos):
+    model, tokenizer, processor = build_tiny_caption_seg_model(segment_aware=False)
+    px = pixels(processor, photos[:1])
+    ids = tokenizer(["a red circle"], return_tensors="pt").input_ids
+    for call in (lambda: model.encode(px, segment_aware=True), lambda: model.generate(px, segment_aware=True),
+                 lambda: model(px, decoder_input_ids=ids, segment_aware=True),
+                 lambda: model.predict(px, segment_aware=True)):
+        with pytest.raises(ValueError, match="without segment tokens"):
+            call()
+    assert model.encode(px).memory_mask is None  # its default: regions only
+    assert model.generate(px, segment_aware=False).shape[0] == 1
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Where the segment tokens come from
+
+
+def caption_loss(model, pixel_values, seg_labels, ids) -> torch.Tensor:
+    torch.manual_seed(0)  # the same dropout masks in every call
+    labels = ids[:, 1:].masked_fill(ids[:, 1:] == 0, -100)
+    with torch.no_grad():
+        out = model(pixel_values, decoder_input_ids=ids[:, :-1], labels=labels, segmentation_labels=seg_labels)
+    return out.caption_loss
+
+
+def test_training_uses_the_ground_truth_segments_and_inference_the_prediction(tiny):
+    model, tokenizer, processor = tiny
+    model = copy.deepcopy(model)
+    pixel_values, truth = shapes_batch(processor, 2)
+    _, other = shapes_batch(processor, 2, seed_offset=7)  # other scenes' masks: other classes in other places
+    assert not torch.equal(truth, other)
+    ids = tokenizer(["a red circle above a star.", "a blue square."], padding=True, return_tensors="pt").input_ids
+    num_classes = len(model.config.id2label)
+
+    model.train()
+    assert model.config.train_segments_from == "ground_truth"
+    enc = model.encode(pixel_values, segmentation_labels=truth)
+    valid = truth != 255
+    expected = F.one_hot(truth.clamp(max=num_classes - 1), num_classes).permute(0, 3, 1, 2) * valid[:, None]
+    assert torch.equal(enc.segments, expected.float())
+    # Same image, other masks: other segment tokens, another caption loss (and the same masks give the same loss).
+    assert caption_loss(model, pixel_values, truth, ids) == caption_loss(model, pixel_values, truth, ids)
+    assert caption_loss(model, pixel_values, truth, ids) != caption_loss(model, pixel_values, other, ids)
+
+    model.config.train_segments_from = "predicted"
+    assert caption_loss(model, pixel_values, truth, ids) == caption_loss(model, pixel_values, other, ids)
+    model.config.train_segments_from = "ground_truth"
+
+    model.eval()  # inference: the model's own arg-max, whatever labels come along
+    enc = model.encode(pixel_values, segmentation_labels=truth)
+    predicted = F.one_hot(enc.segmentation_logits.argmax(1), num_classes).permute(0, 3, 1, 2).float()
+    assert torch.equal(enc.segments, predicted) and not torch.equal(enc.segments, expected.float())
+    assert caption_loss(model, pixel_values, truth, ids) == caption_loss(model, pixel_values, other, ids)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Prediction and generation
+
+
+def test_predict_gives_one_region_caption_per_present_class_but_background(tiny, photos):
+    model, tokenizer, processor = tiny
+    px = pixels(processor, photos)
+    pred = model.predict(px, region_captions=True)
+    class_maps = pred.segmentation_logits.argmax(1)
+    min_area = model.config.segment_min_area
+    expected = [(b, k) for b in range(len(photos)) for k in range(1, len(model.config.id2label))
+                if (class_maps[b] == k).float().mean() >= min_area]
+    assert model.config.id2label[0] == "background"
+    assert expected and (class_maps == 0).any()  # background is predicted somewhere, yet gets no region caption
+    got = list(zip(pred.region_image_index.tolist(), pred.region_class_ids.tolist()))
+    assert got == expected
+    assert pred.region_sequences.shape[0] == len(expected)
+    assert (pred.region_sequences[:, 0] == tokenizer.bos_token_id).all()
+    assert pred.sequences.shape[0] == len(photos)
+    # The captions of predict are those of generate.
+    generated = model.generate(px)
+    for a, b in zip(pred.sequences, generated):
+        assert until_eos(a, tokenizer.eos_token_id) == until_eos(b, tokenizer.eos_token_id)
+
+
+def test_predict_attention_over_regions_and_present_segments(tiny, photos):
+    model, tokenizer, processor = tiny
+    pred = model.predict(pixels(processor, photos[:2]), return_attention=True)
+    rows, cols = pred.region_grid
+    B, T = pred.sequences.shape
+    assert pred.attention_weights.shape == (B, T - 1, rows * cols + len(model.config.id2label))
+    torch.testing.assert_close(pred.attention_weights.sum(-1), torch.ones(B, T - 1))
+    absent = ~pred.memory_mask[:, None, :].expand_as(pred.attention_weights)
+    assert absent.any() and torch.all(pred.attention_weights[absent] == 0)
+
+
+def test_a_batch_generates_what_single_images_generate(tiny, photos):
+    model, tokenizer, processor = tiny
+    eos = tokenizer.eos_token_id
+    batched = model.generate(pixels(processor, photos), num_beams=2)
+    singles = [model.generate(pixels(processor, [image]), num_beams=2)[0] for image in photos]
+    assert len({tuple(until_eos(s, eos)) for s in singles}) > 1  # the images really get different captions
+    for b, s in zip(batched, singles):
+        assert until_eos(b, eos) == until_eos(s, eos)
+
+
+def test_save_and_load_give_identical_captions(tiny, photos, tmp_path):
+    model, tokenizer, processor = tiny
+    save_caption_seg(model, tokenizer, processor, tmp_path)
+    files = {p.name for p in tmp_path.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json", "caption_seg_model.py",
+            "segment_tokens.py", "lstm_decoder.py", "unet.py"} <= files
+    assert not any(f.endswith((".bin", ".pt", ".pth")) for f in files)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "caption_seg"
+    assert config["auto_map"]["AutoModel"] == "caption_seg_model.CaptionSegModel"
+    loaded, loaded_tokenizer, loaded_processor = load_caption_seg(tmp_path)
+    assert isinstance(loaded, CaptionSegModel) and not loaded.training
+    assert loaded_tokenizer.get_vocab() == tokenizer.get_vocab()
+    assert loaded_processor.size == processor.size
+    assert loaded.config.id2label == model.config.id2label and loaded.config.segment_aware
+    px = pixels(processor, photos)
+    assert torch.equal(loaded.generate(px, num_beams=2), model.generate(px, num_beams=2))
+    a, b = loaded.predict(px, region_captions=True), model.predict(px, region_captions=True)
+    assert torch.equal(a.region_sequences, b.region_sequences)
+
+
+def test_loads_with_trust_remote_code_in_a_fresh_process_without_the_project(tiny, photos, tmp_path):
+    model, tokenizer, processor = tiny
+    folder = save_caption_seg(model, tokenizer, processor, tmp_path / "model")
+    paths = []
+    for i, image in enumerate(photos):
+        paths.append(str(tmp_path / f"photo{i}.png"))
+        image.save(paths[-1])
+    images = [Image.open(p).convert("RGB") for p in paths]
+    expected = model.generate(pixels(processor, images), num_beams=2).tolist()
+    script = f"""
+import sys
+# This project is installed in editable mode: drop its import hook, and any path to it, so that only the folder's
+# own code files can be used.
+sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+import importlib.util, json
+from pathlib import Path
+repo = Path({str(REPO)!r})
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != repo]
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModel
+assert importlib.util.find_spec("models") is None and importlib.util.find_spec("pipelines") is None
+folder = {str(folder)!r}
+model = AutoModel.from_pretrained(folder, trust_remote_code=True)
+processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+images = [Image.open(p).convert("RGB") for p in {paths!r}]
+ids = model.generate(processor(images, return_tensors="pt")["pixel_values"], num_beams=2)
+print(json.dumps({{
+    "ids": ids.tolist(),
+    "model_module": type(model).__module__,
+    "processor_module": type(processor).__module__,
+    "project_imported": any(m.split(".")[0] in ("models", "pipelines", "datasets_cfg") for m in sys.modules),
+    "repo_on_path": any(Path(p or ".").resolve() == repo for p in sys.path),
+    "training": model.training,
+}}))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["model_module"].startswith("transformers_modules")
+    assert report["processor_module"].startswith("transformers_modules")
+    assert not report["project_imported"] and not report["repo_on_path"] and not report["training"]
+    assert report["ids"] == expected
+
+
+def test_bad_configurations_raise_value_errors(tiny):
+    model, _, _ = tiny
+    config = model.config.to_dict()
+    for bad, match in [({"train_segments_from": "oracle"}, "train_segments_from"),
+                       ({"hidden_size": 33}, "encoder_hidden_size"), ({"region_stage": 9}, "region_stage"),
+                       ({"label_smoothing": 1.0}, "label_smoothing"), ({"max_length": 1}, "max_length")]:
+        with pytest.raises(ValueError, match=match):
+            type(model.config)(**{**config, **bad})
