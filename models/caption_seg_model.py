@@ -11,9 +11,10 @@ Parts (``CaptionSegConfig`` holds the two sub-configs and the joining hyper-para
 - **regions**: the U-Net encoder's feature map at ``region_stage`` (stride 16 by default: 8 x 8 regions at 128 px),
   mapped to ``hidden_size`` channels by a 1 x 1 convolution plus fixed sine-cosine position embeddings, as a
   (B, N, C) sequence. The encoder runs once per image for both tasks;
-- **segment tokens** (``segment_tokens.py``, when ``segment_aware``): one token per class present in the
-  segmentation (class embedding + mask-pooled features + geometry), appended to the regions; absent classes are
-  masked out of the decoder's attention;
+- **segment tokens** (``segment_tokens.py``, when ``segment_aware``): one token per predicted segment (class
+  embedding + mask-pooled features + geometry), appended to the regions; a segment is one class
+  (``segment_units="class"``) or one connected region of a class (``"instance"``, up to ``max_segments``); absent
+  segments are masked out of the decoder's attention;
 - **decoder**: the attention LSTM/GRU of ``lstm_decoder.py``, attending over regions and segment tokens at every
   step.
 
@@ -45,11 +46,12 @@ from transformers.utils import ModelOutput
 
 from .lstm_decoder import LSTMDecoderConfig, LSTMDecoderForCausalLM, doubly_stochastic_penalty
 from .region_encoders import sincos_position_embeddings
-from .segment_tokens import SegmentTokens
+from .segment_tokens import SegmentTokens, instance_segments
 from .segmentation_image_processor import SegmentationImageProcessor
 from .unet import UnetConfig, UnetForSemanticSegmentation
 
 TRAIN_SEGMENT_SOURCES = ("ground_truth", "predicted")
+SEGMENT_UNITS = ("class", "instance")
 
 
 class CaptionSegConfig(PreTrainedConfig):
@@ -65,7 +67,9 @@ class CaptionSegConfig(PreTrainedConfig):
         hidden_size: size C of the regions and segment tokens the decoder attends over.
         segment_aware: the decoder also attends over segment tokens. A model trained without them cannot be asked
             for them at inference (their weights were never trained); one trained with them can be run without.
-        segment_min_area: share of the image a class must cover to get a token.
+        segment_min_area: share of the image a segment must cover to get a token.
+        segment_units: ``"class"`` (a token per class) or ``"instance"`` (a token per connected region of a class).
+        max_segments: with ``"instance"``: most segment tokens per image (the largest segments).
         train_segments_from: ``"ground_truth"`` or ``"predicted"``: which segmentation makes the tokens in training.
         segmentation_loss_weight: weight of the segmentation loss in the total loss.
         label_smoothing: of the caption cross-entropy.
@@ -84,6 +88,8 @@ class CaptionSegConfig(PreTrainedConfig):
     hidden_size: int = 256
     segment_aware: bool = True
     segment_min_area: float = 0.002
+    segment_units: str = "class"
+    max_segments: int = 8
     train_segments_from: str = "ground_truth"
     segmentation_loss_weight: float = 1.0
     label_smoothing: float = 0.0
@@ -94,6 +100,10 @@ class CaptionSegConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        if self.segment_units not in SEGMENT_UNITS:
+            raise ValueError(f"segment_units must be one of {SEGMENT_UNITS}, not {self.segment_units!r}")
+        if self.max_segments < 1:
+            raise ValueError(f"max_segments must be at least 1, not {self.max_segments}")
         if self.train_segments_from not in TRAIN_SEGMENT_SOURCES:
             raise ValueError(f"train_segments_from must be one of {TRAIN_SEGMENT_SOURCES}, not {self.train_segments_from!r}")
         if self.decoder.encoder_hidden_size != self.hidden_size:
@@ -124,8 +134,10 @@ class CaptionSegEncoding(ModelOutput):
     Args:
         segmentation_logits: (B, K, H, W) class scores at the input's resolution.
         memory: (B, N + K, C) regions then segment tokens (or (B, N, C) without segment tokens).
-        memory_mask: (B, N + K) bool, True where the decoder may attend; None without segment tokens.
-        segments: (B, K, H, W) one-hot segmentation that made the tokens (the arg-max at inference).
+        memory_mask: (B, N + S) bool, True where the decoder may attend; None without segment tokens.
+        segments: (B, S, H, W) one-hot masks of the segments that made the tokens (from the arg-max at
+            inference); S = K classes or ``max_segments`` instances.
+        segment_classes: (B, S) the class of each segment.
         region_grid: (rows, columns) of the N regions.
     """
 
@@ -133,6 +145,7 @@ class CaptionSegEncoding(ModelOutput):
     memory: torch.Tensor | None = None
     memory_mask: torch.Tensor | None = None
     segments: torch.Tensor | None = None
+    segment_classes: torch.Tensor | None = None
     region_grid: tuple[int, int] | None = None
 
 
@@ -172,7 +185,8 @@ class CaptionSegPrediction(ModelOutput):
         region_class_ids: (R,) the class of each region caption.
         attention_weights: (B, T - 1, N + K) where the decoder looked while predicting each token of ``sequences``
             after the start token (regions first, then segment tokens), when asked.
-        memory_mask: (B, N + K) which regions and segment tokens could be attended, when attention was asked.
+        memory_mask: (B, N + S) which regions and segment tokens could be attended, when attention was asked.
+        segment_classes: (B, S) the class of each segment token, when attention was asked.
         region_grid: (rows, columns) of the N regions.
     """
 
@@ -183,6 +197,7 @@ class CaptionSegPrediction(ModelOutput):
     region_class_ids: torch.Tensor | None = None
     attention_weights: torch.Tensor | None = None
     memory_mask: torch.Tensor | None = None
+    segment_classes: torch.Tensor | None = None
     region_grid: tuple[int, int] | None = None
 
 
@@ -269,16 +284,21 @@ class CaptionSegModel(CaptionSegPreTrainedModel):
         num_classes = segmentation_logits.shape[1]
         use_truth = self.training and segmentation_labels is not None and self.config.train_segments_from == "ground_truth"
         class_map = segmentation_labels if use_truth else segmentation_logits.detach().argmax(dim=1)
-        segments = self._one_hot(class_map, num_classes)
+        if self.config.segment_units == "instance":
+            min_pixels = max(1, int(self.config.segment_min_area * class_map.shape[-2] * class_map.shape[-1]))
+            segments, segment_classes = instance_segments(class_map, num_classes, self.config.max_segments, min_pixels)
+        else:
+            segments = self._one_hot(class_map, num_classes)
+            segment_classes = torch.arange(num_classes, device=segments.device).expand(segments.shape[0], -1)
         if not aware:
             return CaptionSegEncoding(segmentation_logits=segmentation_logits, memory=regions, memory_mask=None,
-                                      segments=segments, region_grid=(rows, cols))
-        tokens, present = self.segment_tokens(segments, pixel_features, region_map, pixel_values)
+                                      segments=segments, segment_classes=segment_classes, region_grid=(rows, cols))
+        tokens, present = self.segment_tokens(segments, pixel_features, region_map, pixel_values, segment_classes)
         memory = torch.cat([regions, tokens], dim=1)
         region_ok = torch.ones(regions.shape[:2], dtype=torch.bool, device=regions.device)
         return CaptionSegEncoding(segmentation_logits=segmentation_logits, memory=memory,
                                   memory_mask=torch.cat([region_ok, present], dim=1), segments=segments,
-                                  region_grid=(rows, cols))
+                                  segment_classes=segment_classes, region_grid=(rows, cols))
 
     # ----------------------------------------------------------------------------------------------------- forward
     def forward(
@@ -375,28 +395,29 @@ class CaptionSegModel(CaptionSegPreTrainedModel):
         return self.generate_from_memory(enc.memory, enc.memory_mask, **generate_kwargs)
 
     def _region_memory(self, enc: CaptionSegEncoding, skip_classes: set[int]):
-        """Per (image, present class) pair: the image's memory masked to the regions the segment covers (and its
+        """Per (image, present segment) pair: the image's memory masked to the regions the segment covers (and its
         own segment token), for a caption of that segment alone."""
         rows, cols = enc.region_grid
-        coverage = F.adaptive_avg_pool2d(enc.segments, (rows, cols)).flatten(2) > 0  # (B, K, N)
-        present = self.segment_tokens.presence(enc.segments)  # (B, K)
-        B, K = present.shape
+        coverage = F.adaptive_avg_pool2d(enc.segments, (rows, cols)).flatten(2) > 0  # (B, S, N)
+        present = self.segment_tokens.presence(enc.segments)  # (B, S)
+        B, S = present.shape
+        classes = enc.segment_classes.tolist()
         aware = enc.memory.shape[1] > rows * cols
-        pairs = [(b, k) for b in range(B) for k in range(K) if bool(present[b, k]) and k not in skip_classes]
+        pairs = [(b, k) for b in range(B) for k in range(S) if bool(present[b, k]) and classes[b][k] not in skip_classes]
         if not pairs:
             return None
         image_index = torch.tensor([b for b, _ in pairs], device=enc.memory.device)
-        class_ids = torch.tensor([k for _, k in pairs], device=enc.memory.device)
-        masks = coverage[image_index, class_ids]  # (R, N)
+        segment_index = torch.tensor([k for _, k in pairs], device=enc.memory.device)
+        masks = coverage[image_index, segment_index]  # (R, N)
         if aware:
-            masks = torch.cat([masks, F.one_hot(class_ids, K).bool()], dim=1)
-        return enc.memory[image_index], masks, image_index, class_ids
+            masks = torch.cat([masks, F.one_hot(segment_index, S).bool()], dim=1)
+        return enc.memory[image_index], masks, image_index, enc.segment_classes[image_index, segment_index]
 
     @torch.no_grad()
     def predict(self, pixel_values: torch.Tensor, segment_aware: bool | None = None, region_captions: bool = False,
                 return_attention: bool = False, **generate_kwargs) -> CaptionSegPrediction:
         """Segmentation logits and captions from one encoder pass; with ``region_captions``, also one caption per
-        (image, predicted class) pair other than "background", the decoder seeing only that segment's regions and
+        (image, predicted segment) pair other than "background", the decoder seeing only that segment's regions and
         token; with ``return_attention``, the decoder's attention while it predicted each caption token (one more
         teacher-forced decoder pass over the generated captions)."""
         enc = self.encode(pixel_values, segment_aware)
@@ -410,6 +431,7 @@ class CaptionSegModel(CaptionSegPreTrainedModel):
             out.attention_weights = decoded.attention_weights
             out.memory_mask = (enc.memory_mask if enc.memory_mask is not None
                                else torch.ones(enc.memory.shape[:2], dtype=torch.bool, device=enc.memory.device))
+            out.segment_classes = enc.segment_classes
         if region_captions:
             skip = {i for i, name in self.config.id2label.items() if str(name).lower() == "background"}
             regions = self._region_memory(enc, skip)

@@ -36,6 +36,7 @@ from metrics.segmentation_metrics.segmentation_metrics import (
 )
 
 from .caption_seg_model import (
+    SEGMENT_UNITS,
     TRAIN_SEGMENT_SOURCES,
     CaptionSegModel,
     build_caption_seg_model,
@@ -108,6 +109,9 @@ class CaptionSegTask(TrainingTask):
         p.add_argument("--train-segments", choices=TRAIN_SEGMENT_SOURCES, default="ground_truth",
                        help="which segmentation makes the segment tokens in training (inference: the prediction)")
         p.add_argument("--segment-min-area", type=float, default=0.002, help="smallest segment share with a token")
+        p.add_argument("--segment-units", choices=SEGMENT_UNITS, default="class",
+                       help="a segment token per class, or per connected region of a class (instance)")
+        p.add_argument("--max-segments", type=int, default=8, help="with --segment-units instance: most tokens")
         p.add_argument("--seg-loss", default="ce:1,dice:1", help="segmentation loss terms, e.g. 'ce:1,dice:1'")
         p.add_argument("--seg-loss-weight", type=float, default=1.0)
         p.add_argument("--cell", choices=["lstm", "gru"], default="lstm")
@@ -147,7 +151,7 @@ class CaptionSegTask(TrainingTask):
 
     def _check_arguments(self) -> None:
         a = self.args
-        for name in ("image_size", "hidden_size", "embed_dim", "decoder_dim", "attention_dim", "captions_per_image",
+        for name in ("max_segments", "image_size", "hidden_size", "embed_dim", "decoder_dim", "attention_dim", "captions_per_image",
                      "min_word_freq", "max_caption_len", "num_beams"):
             if getattr(a, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(a, name)}")
@@ -189,7 +193,8 @@ class CaptionSegTask(TrainingTask):
                                      "attention_size": a.attention_dim, "cell_type": a.cell, "dropout": a.dropout,
                                      "attention_regularization": a.attention_reg},
                     region_stage=a.region_stage, hidden_size=a.hidden_size, segment_aware=not a.no_segment_tokens,
-                    segment_min_area=a.segment_min_area, train_segments_from=a.train_segments,
+                    segment_min_area=a.segment_min_area, segment_units=a.segment_units,
+                    max_segments=a.max_segments, train_segments_from=a.train_segments,
                     segmentation_loss_weight=a.seg_loss_weight, label_smoothing=a.label_smoothing,
                     max_length=a.max_caption_len + 1, num_beams=a.num_beams,
                 )

@@ -12,16 +12,25 @@ class, so the decoder can attend to "the circle" as one thing:
 - geometry: area (square root), centroid, spread and bounding box, in [0, 1] image coordinates, which relations
   such as "to the left of" and "above" depend on.
 
-A class is *present* when its segment covers at least ``min_area`` of the image; absent classes get a zero token
-and a False entry in the presence mask, which the decoder uses as its ``encoder_attention_mask``.
+What a segment is (``CaptionSegConfig.segment_units``):
 
-Shapes: ``segments`` (B, K, H, W) float in [0, 1] (one-hot or probabilities), ``pixel_features`` (B, D, H, W),
-``region_map`` (B, C, h, w), ``pixel_values`` (B, 3, H, W) -> tokens (B, K, C) and presence (B, K) bool.
+- ``"class"``: all pixels of one class, one token per class (K tokens); two red circles share one token;
+- ``"instance"``: each connected region of one class (``instance_segments``), up to ``max_segments`` tokens
+  largest first, each with its class's embedding; two circles get a token each, with their own colour and place.
+
+A segment is *present* when it covers at least ``min_area`` of the image; absent ones (and padding) get a zero
+token and a False entry in the presence mask, which the decoder uses as its ``encoder_attention_mask``.
+
+Shapes: ``segments`` (B, S, H, W) float in [0, 1] (one-hot masks), ``segment_classes`` (B, S) class ids,
+``pixel_features`` (B, D, H, W), ``region_map`` (B, C, h, w), ``pixel_values`` (B, 3, H, W) -> tokens (B, S, C)
+and presence (B, S) bool.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from scipy import ndimage
 from torch import nn
 from torch.nn import functional as F
 
@@ -55,6 +64,37 @@ def segment_geometry(segments: torch.Tensor) -> torch.Tensor:
     return torch.where((mass > 0)[..., None], geometry, torch.zeros_like(geometry))
 
 
+def instance_segments(class_map: torch.Tensor, num_classes: int, max_segments: int,
+                      min_pixels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The connected regions (8-connectivity) of each class in (B, H, W) ``class_map`` as (B, S, H, W) float
+    one-hot masks, S = ``max_segments``, largest first (ties by class, then position), and their (B, S) class ids.
+    Pixels outside 0..num_classes-1 (ignored) belong to no segment; regions under ``min_pixels`` and those past
+    ``max_segments`` are dropped; unused slots are empty masks with class 0."""
+    B, H, W = class_map.shape
+    maps = class_map.detach().cpu().numpy()
+    segments = np.zeros((B, max_segments, H, W), dtype=np.float32)
+    classes = np.zeros((B, max_segments), dtype=np.int64)
+    structure = np.ones((3, 3), dtype=bool)
+    for b in range(B):
+        found = []
+        for k in np.unique(maps[b]):
+            if not 0 <= k < num_classes:
+                continue
+            labels, count = ndimage.label(maps[b] == k, structure=structure)
+            if count == 0:
+                continue
+            sizes = np.bincount(labels.ravel(), minlength=count + 1)
+            for i in range(1, count + 1):
+                if sizes[i] >= min_pixels:
+                    found.append((-int(sizes[i]), int(k), i, labels))
+        found.sort(key=lambda f: f[:3])
+        for slot, (_, k, i, labels) in enumerate(found[:max_segments]):
+            segments[b, slot] = labels == i
+            classes[b, slot] = k
+    device = class_map.device
+    return torch.from_numpy(segments).to(device), torch.from_numpy(classes).to(device)
+
+
 def mask_pool(segments: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     """(B, K, D): the mean of (B, D, h, w) ``features`` over each of the (B, K, H, W) segments (resized to h x w
     by area averaging, so a segment's weight on a region is the share of the region it covers)."""
@@ -86,7 +126,9 @@ class SegmentTokens(nn.Module):
         return (area >= self.min_area) & (pixels > 0)
 
     def forward(self, segments: torch.Tensor, pixel_features: torch.Tensor, region_map: torch.Tensor,
-                pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                pixel_values: torch.Tensor, segment_classes: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``segment_classes`` (B, S): the class of each segment; None: segment k is class k (per-class masks)."""
         B, K = segments.shape[:2]
         segments = segments.to(pixel_features.dtype)
         pooled = torch.cat(
@@ -94,8 +136,9 @@ class SegmentTokens(nn.Module):
              mask_pool(segments, pixel_values.to(pixel_features.dtype))],
             dim=-1,
         )
-        classes = torch.arange(K, device=segments.device)
-        tokens = self.class_embedding(classes)[None] + self.feature_proj(pooled) + self.geometry_proj(
+        if segment_classes is None:
+            segment_classes = torch.arange(K, device=segments.device).expand(B, K)
+        tokens = self.class_embedding(segment_classes) + self.feature_proj(pooled) + self.geometry_proj(
             segment_geometry(segments)
         )
         present = self.presence(segments)
@@ -103,4 +146,4 @@ class SegmentTokens(nn.Module):
         return tokens, present
 
 
-__all__ = ["GEOMETRY_FEATURES", "SegmentTokens", "mask_pool", "segment_geometry"]
+__all__ = ["GEOMETRY_FEATURES", "SegmentTokens", "instance_segments", "mask_pool", "segment_geometry"]

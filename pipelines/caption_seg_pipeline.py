@@ -93,7 +93,8 @@ class CaptionSegPipeline(ImagePipeline):
         ``region_captions``: ``[{"label", "caption"}]`` (when asked);
         ``consistency``: ``{"named_but_absent": [...], "present_but_unnamed": [...]}`` (when asked);
         ``words``, ``attention_maps`` (words, rows, columns) float and, for a segment-aware caption,
-        ``segment_attention``: per word ``{label: weight}`` over the segment tokens (when asked).
+        ``segment_attention``: per word ``{label: weight}`` over the segment tokens, summed over the segments of one
+        class (when asked).
     """
 
     _load_processor = False
@@ -191,6 +192,7 @@ class CaptionSegPipeline(ImagePipeline):
             out["attention_weights"] = pred.attention_weights
             out["memory_mask"] = pred.memory_mask
             out["region_grid"] = torch.tensor([pred.region_grid] * B)
+            out["segment_classes"] = pred.segment_classes
         return out
 
     def _decode(self, ids: torch.Tensor) -> str:
@@ -235,10 +237,16 @@ class CaptionSegPipeline(ImagePipeline):
         segment_weights = weights[:, rows * cols:]
         if segment_weights.shape[1]:
             present = model_outputs["memory_mask"][0][rows * cols:].tolist()
+            classes = model_outputs["segment_classes"][0].tolist()
             id2label = self.model.config.id2label
-            result["segment_attention"] = [
-                {id2label[k]: float(w[k]) for k in range(len(present)) if present[k]} for w in segment_weights
-            ]
+            result["segment_attention"] = []
+            for w in segment_weights:  # two segments of one class (two circles) add up under its name
+                per_label = {}
+                for k, is_present in enumerate(present):
+                    if is_present:
+                        label = id2label[classes[k]]
+                        per_label[label] = per_label.get(label, 0.0) + float(w[k])
+                result["segment_attention"].append(per_label)
         return result
 
 

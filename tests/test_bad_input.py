@@ -2,15 +2,13 @@
 (or, with ``on_error: skip``, a warning with the count of skipped rows)."""
 
 import json
-import struct
-import zlib
 
 import numpy as np
 import pytest
 import yaml
 
 from datasets_cfg import DatasetError, load_config, load_dataset_from_config
-from tests.image_factory import write_mask, write_photo
+from tests.image_factory import png_header_only, write_mask, write_photo
 
 
 def _captions_dir(tmp_path, rows):
@@ -20,14 +18,6 @@ def _captions_dir(tmp_path, rows):
 
 def _load_captions(root, cache_dir, **kw):
     return load_dataset_from_config("imagefolder_captions", root=root, cache_dir=cache_dir, **kw)
-
-
-def _png_header_only(path, w, h):
-    """A PNG whose header claims w x h pixels; PIL reads the size without decoding anything."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b""))
 
 
 def test_missing_root(tmp_path, cache_dir):
@@ -70,7 +60,7 @@ def test_non_image_file_with_image_extension(tmp_path, cache_dir):
 @pytest.mark.parametrize("w,h,message", [(1, 1, "smaller than min_image_side"), (20000, 20000, "over the limit")])
 def test_tiny_and_huge_images(tmp_path, cache_dir, w, h, message):
     if w > 1000:
-        _png_header_only(tmp_path / "img.png", w, h)
+        png_header_only(tmp_path / "img.png", w, h)
     else:
         write_photo(tmp_path / "img.png", w=w, h=h)
     _captions_dir(tmp_path, [{"file_name": "img.png", "caption": "x"}])

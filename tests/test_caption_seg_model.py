@@ -368,3 +368,48 @@ def test_bad_configurations_raise_value_errors(tiny):
                        ({"label_smoothing": 1.0}, "label_smoothing"), ({"max_length": 1}, "max_length")]:
         with pytest.raises(ValueError, match=match):
             type(model.config)(**{**config, **bad})
+
+
+# ---------------------------------------------------------------------------------------------- instance segments
+def test_instance_segments_split_each_class_into_its_connected_regions():
+    from models.segment_tokens import instance_segments
+
+    class_map = torch.zeros(1, 8, 8, dtype=torch.long)
+    class_map[0, 0:2, 0:2] = 1  # a 2x2 region of class 1
+    class_map[0, 5:8, 5:8] = 1  # a 3x3 region of class 1, apart from the first
+    class_map[0, 0:3, 5:8] = 2  # a 3x3 region of class 2
+    class_map[0, 7, 0] = 255  # ignored: in no segment
+    segments, classes = instance_segments(class_map, num_classes=3, max_segments=5, min_pixels=1)
+    assert segments.shape == (1, 5, 8, 8)
+    # Largest first, ties by class: background (41 px), class 1 (9), class 2 (9), class 1 (4), then an empty slot.
+    assert segments.sum(dim=(2, 3)).tolist() == [[41.0, 9.0, 9.0, 4.0, 0.0]]
+    assert classes.tolist() == [[0, 1, 2, 1, 0]]
+    assert bool(segments[0, 1, 6, 6]) and bool(segments[0, 3, 0, 0]) and not bool(segments[0, :, 7, 0].any())
+    assert torch.equal(segments[0, :4].sum(0) + (class_map[0] == 255).float(), torch.ones(8, 8))
+    # Too small regions and those past max_segments are dropped.
+    segments, classes = instance_segments(class_map, 3, max_segments=2, min_pixels=5)
+    assert segments.sum(dim=(2, 3)).tolist() == [[41.0, 9.0]] and classes.tolist() == [[0, 1]]
+
+
+def test_instance_units_give_a_token_and_a_region_caption_per_connected_segment():
+    model, _, processor = build_tiny_caption_seg_model()
+    model.config.segment_units, model.config.max_segments = "instance", 6
+    # Two squares of one class far apart, on background: three segments, two of them squares.
+    mask = torch.zeros(1, 64, 64, dtype=torch.long)
+    mask[0, 4:20, 4:20] = 2
+    mask[0, 40:60, 40:60] = 2
+    pixels = processor([generate_scene(0, image_size=64).image], return_tensors="pt")["pixel_values"]
+    model.train()
+    enc = model.encode(pixels, segmentation_labels=mask)  # training with ground-truth segments
+    model.eval()
+    present = enc.memory_mask[0, -6:]
+    assert present.tolist() == [True, True, True, False, False, False]
+    assert enc.segment_classes[0, :3].tolist() == [0, 2, 2]
+    regions = model._region_memory(enc, skip_classes={0})
+    memory, masks, image_index, class_ids = regions
+    assert class_ids.tolist() == [2, 2] and image_index.tolist() == [0, 0]
+    # Each square's region caption sees its own token only, and only the regions its square covers.
+    rows, cols = enc.region_grid
+    assert masks[:, rows * cols:].tolist() == [[False, True, False, False, False, False],
+                                               [False, False, True, False, False, False]]
+    assert not torch.equal(masks[0, : rows * cols], masks[1, : rows * cols])

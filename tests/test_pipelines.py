@@ -2,8 +2,6 @@
 inputs of every kind, batches equal to single calls, attention maps, class maps at the original resolution, and
 clear errors for bad files."""
 
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -22,7 +20,7 @@ from models.segmentation_image_processor import SegmentationImageProcessor
 from models.sliding_window import predict_segmentation
 from models.unet import UnetConfig, UnetForSemanticSegmentation
 from pipelines import ImageCaptioningPipeline, SemanticSegmentationPipeline
-from tests.image_factory import photo_array, write_photo
+from tests.image_factory import photo_array, png_header_only, write_photo
 
 CLASSES = ["background", "circle", "square"]
 # A ViT encoder: random tiny CNN encoders give every image the same caption, which would make "batch == singles"
@@ -71,16 +69,6 @@ def photos(n: int, sizes=((50, 70),)) -> list[Image.Image]:
     """n different RGB photos, cycling through (height, width) sizes."""
     return [Image.fromarray(photo_array(w=sizes[i % len(sizes)][1], h=sizes[i % len(sizes)][0], seed=i))
             for i in range(n)]
-
-
-def png_header_only(path, width, height):
-    """A PNG whose header claims width x height pixels; nothing in it gets decoded."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 10))
-                     + chunk(b"IEND", b""))
-    return path
 
 
 # --------------------------------------------------------------------------------------------------------------------

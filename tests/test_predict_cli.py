@@ -18,7 +18,7 @@ from models.prediction_overlay import MIN_FIGURE_WIDTH, class_areas, prediction_
 from models.segmentation_report import _font, _text_width, class_palette
 from scripts.predict import main
 from tests.image_factory import photo_array
-from tests.test_pipelines import png_header_only
+from tests.image_factory import png_header_only
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = ["scene_0.png", "scene_1.png", "scene_2.png"]
