@@ -248,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     start, stop_reason = time.monotonic(), None
     running: dict[str, float] = {}
     running_n = 0
+    # Training throughput per logging window: wall time of the steps only (validation and checkpoints excluded).
+    window_start, window_steps = time.monotonic(), 0
+    images_per_step = args.batch_size * args.grad_accum * accelerator.num_processes
     while state.epoch < num_epochs and stop_reason is None:
         train_dl.set_epoch(state.epoch)
         task.set_epoch(state.epoch)
@@ -269,18 +272,23 @@ def main(argv: list[str] | None = None) -> int:
             if not accelerator.sync_gradients:
                 continue
             state.global_step += 1
+            window_steps += 1
             bar.update(1)
             if state.global_step % args.logging_steps == 0 or state.global_step == max_steps:
                 scalars = {f"train/{k}": v / running_n for k, v in running.items()}
                 scalars["train/lr"] = scheduler.get_last_lr()[0]
+                scalars["train/images_per_s"] = window_steps * images_per_step / max(time.monotonic() - window_start, 1e-9)
                 accelerator.log(scalars, step=state.global_step)
                 bar.set_postfix(loss=f"{scalars['train/loss']:.4f}")
                 if accelerator.is_main_process:
                     with history_path.open("a") as f:
                         f.write(json.dumps({"step": state.global_step, **scalars}) + "\n")
                 running, running_n = {}, 0
+                window_start, window_steps = time.monotonic(), 0
             if args.checkpoint_every and state.global_step % args.checkpoint_every == 0:
                 save_checkpoint(accelerator, output_dir, state.global_step, args.keep_checkpoints)
+                if window_steps == 0:  # a save right after a log does not count as training time
+                    window_start = time.monotonic()
             if state.global_step >= max_steps:
                 stop_reason = "max_steps"
                 break
@@ -298,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             validate(accelerator, task, model, eval_dl, state, output_dir, history_path)
         if not args.checkpoint_every or last_epoch:
             save_checkpoint(accelerator, output_dir, state.global_step, args.keep_checkpoints)
+        window_start, window_steps = time.monotonic(), 0  # the next window starts with the next epoch's steps
     bar.close()
 
     accelerator.wait_for_everyone()

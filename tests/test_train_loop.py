@@ -68,6 +68,9 @@ def test_outputs_best_model_logs_and_curves(tmp_path, base_args):
     assert (out / "training_curves.png").stat().st_size > 1000
     first, last = history[0]["train/loss"], [h for h in history if "train/loss" in h][-1]["train/loss"]
     assert last < first
+    # Every training log line carries the throughput of its window; it counts images, not batches.
+    rates = [h["train/images_per_s"] for h in history if "train/loss" in h]
+    assert len(rates) == len(steps) and all(0 < r < float("inf") for r in rates)
 
 
 def test_bad_flags_and_dataset_errors(tmp_path, base_args, capsys):
