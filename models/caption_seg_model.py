@@ -266,8 +266,10 @@ class CaptionSegModel(CaptionSegPreTrainedModel):
         return (one_hot * valid[:, None]).float()
 
     def encode(self, pixel_values: torch.Tensor, segment_aware: bool | None = None,
-               segmentation_labels: torch.Tensor | None = None) -> CaptionSegEncoding:
-        """One pass of the U-Net (encoder, decoder, head) and the memory the caption decoder attends over."""
+               segmentation_labels: torch.Tensor | None = None, need_segments: bool = False) -> CaptionSegEncoding:
+        """One pass of the U-Net (encoder, decoder, head) and the memory the caption decoder attends over.
+        Without segment tokens the segments are made only when ``need_segments`` (region captions): the plain
+        captioner's training steps do not pay for them."""
         aware = self._segment_aware(segment_aware)
         self.segmenter._check_input(pixel_values)
         unet = self.segmenter.unet
@@ -281,6 +283,9 @@ class CaptionSegModel(CaptionSegPreTrainedModel):
         position = sincos_position_embeddings(self.config.hidden_size, rows, cols).to(region_map)
         regions = (region_map + position).flatten(2).transpose(1, 2)  # (B, N, C)
 
+        if not aware and not need_segments:
+            return CaptionSegEncoding(segmentation_logits=segmentation_logits, memory=regions, memory_mask=None,
+                                      region_grid=(rows, cols))
         num_classes = segmentation_logits.shape[1]
         use_truth = self.training and segmentation_labels is not None and self.config.train_segments_from == "ground_truth"
         class_map = segmentation_labels if use_truth else segmentation_logits.detach().argmax(dim=1)
@@ -420,7 +425,7 @@ class CaptionSegModel(CaptionSegPreTrainedModel):
         (image, predicted segment) pair other than "background", the decoder seeing only that segment's regions and
         token; with ``return_attention``, the decoder's attention while it predicted each caption token (one more
         teacher-forced decoder pass over the generated captions)."""
-        enc = self.encode(pixel_values, segment_aware)
+        enc = self.encode(pixel_values, segment_aware, need_segments=region_captions)
         sequences = self.generate_from_memory(enc.memory, enc.memory_mask, **generate_kwargs)
         out = CaptionSegPrediction(segmentation_logits=enc.segmentation_logits, sequences=sequences,
                                    region_grid=enc.region_grid)

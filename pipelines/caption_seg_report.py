@@ -60,15 +60,16 @@ def evaluate_caption_seg(pipe, split, out_dir: str | Path, batch_size: int = 16,
     progress = tqdm(total=total, desc="caption + segment", unit="image", disable=total < 2)
     for start in range(0, total, batch_size):
         chunk = rows.select(range(start, min(start + batch_size, total)))
+        # Each column once per chunk: indexing a row decodes all of its images again.
         images = [image.convert("RGB") for image in chunk["image"]]
+        masks, captions = chunk["mask"], chunk["captions"]
+        ids = chunk["image_id"] if "image_id" in chunk.column_names else [str(start + i) for i in range(len(images))]
         results = pipe(images, **call)
         for offset, (image, result) in enumerate(zip(images, results)):
             index = start + offset
-            reference = np.asarray(chunk[offset]["mask"])
-            cm += confusion_matrix(result["class_map"], reference, len(class_names), ignore_index)
+            cm += confusion_matrix(result["class_map"], np.asarray(masks[offset]), len(class_names), ignore_index)
             predictions.append(result["caption"])
-            image_id = chunk[offset].get("image_id", str(index))
-            records.append({"image_id": image_id, "caption": result["caption"], "references": chunk[offset]["captions"],
+            records.append({"image_id": ids[offset], "caption": result["caption"], "references": captions[offset],
                             "classes": [{"label": a["label"], "area": round(a["area"], 6)}
                                         for a in class_areas(result["class_map"], class_names)],
                             "consistency": result["consistency"]})

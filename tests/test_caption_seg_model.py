@@ -176,6 +176,10 @@ def test_without_segment_tokens_the_memory_is_the_regions_only(tiny, photos):
         plain = model.encode(px, segment_aware=False)
     rows, cols = plain.region_grid
     assert plain.memory.shape == (2, rows * cols, model.config.hidden_size) and plain.memory_mask is None
+    assert plain.segments is None  # not made when nothing uses them
+    with torch.no_grad():
+        regions = model.predict(px, segment_aware=False, region_captions=True, num_beams=1, max_new_tokens=3)
+    assert regions.region_sequences is not None and len(regions.region_class_ids) > 0
     assert aware.memory.shape == (2, rows * cols + num_classes, model.config.hidden_size)
     torch.testing.assert_close(aware.memory[:, : rows * cols], plain.memory)
     assert aware.memory_mask[:, : rows * cols].all()
