@@ -42,6 +42,16 @@ def run(args: list[str], log_path: Path) -> float:
     return seconds
 
 
+def add_run_arguments(parser, benchmark: str, shared_folder: str, out_help: str) -> None:
+    """The flags every real-data benchmark shares: ``--root`` (default ``../shared/data/SHARED_FOLDER``),
+    ``--work-dir``, ``--out``, ``--threads`` and, after ``--``, more ``scripts/train.py`` arguments."""
+    parser.add_argument("--root", default=str(REPO.parent / "shared" / "data" / shared_folder), help="the dataset's folder")
+    parser.add_argument("--work-dir", default=f"outputs/benchmarks/{benchmark}", help="training runs go here")
+    parser.add_argument("--out", help=out_help)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("extra", nargs="*", help="more scripts/train.py arguments (after --), e.g. -- --seed 1")
+
+
 def train_and_evaluate(name: str, train_args: list[str], eval_args: list[str], out_dir: Path) -> dict:
     """Train into ``out_dir/name``, evaluate its best model; returns timings and the evaluation metrics."""
     run_dir = (REPO / out_dir / name).resolve()

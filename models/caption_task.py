@@ -390,7 +390,9 @@ def encode_caption_lists(tokenizer, captions: list[list[str]], max_words: int, s
     flat = [c for caps in captions for c in caps]
     if not flat:
         raise ValueError(f"the {split_name!r} split has no captions to train on")
-    words = tokenizer(flat, add_special_tokens=False)["input_ids"]
+    # verbose=False: the over-length captions are counted and cut here, with one clear warning below, instead of
+    # transformers' "Token indices sequence length is longer than ..." about indexing errors that cannot happen.
+    words = tokenizer(flat, add_special_tokens=False, verbose=False)["input_ids"]
     too_long = sum(1 for ids in words if len(ids) > max_words)
     if too_long:
         logger.warning(f"{too_long} of {len(flat)} {split_name} captions are longer than {max_words} tokens and were cut")

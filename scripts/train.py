@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     accelerator.init_trackers("train", config={k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool))})
 
     logger.info(f"task {args.task}: {data[args.train_split].num_rows} training rows, {len(train_dl)} batches per "
-                f"epoch per process, {accelerator.num_processes} process(es), {max_steps} optimizer steps", main_process_only=True)
+                f"epoch per process, {accelerator.num_processes} process(es) on {accelerator.device}, "
+                f"{max_steps} optimizer steps", main_process_only=True)
     bar = tqdm(total=max_steps, initial=state.global_step, desc=f"train {args.task}", dynamic_ncols=True,
                disable=args.no_progress or not accelerator.is_local_main_process)
     history_path = output_dir / "history.jsonl"
@@ -303,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
             state.batches_in_epoch = 0
         last_epoch = stop_reason is not None or state.epoch >= num_epochs
         if last_epoch or state.epoch % args.eval_every_epochs == 0:
-            validate(accelerator, task, model, eval_dl, state, output_dir, history_path)
+            validate(accelerator, task, model, eval_dl, state, output_dir, history_path, time.monotonic() - start)
         if not args.checkpoint_every or last_epoch:
             save_checkpoint(accelerator, output_dir, state.global_step, args.keep_checkpoints)
         window_start, window_steps = time.monotonic(), 0  # the next window starts with the next epoch's steps
@@ -335,7 +336,14 @@ def push_to_hub(model_class, folder: Path, repo_id: str) -> None:
         AutoTokenizer.from_pretrained(folder).push_to_hub(repo_id)
 
 
-def validate(accelerator, task, model, eval_dl, state: LoopState, output_dir: Path, history_path: Path) -> None:
+def validate(accelerator, task, model, eval_dl, state: LoopState, output_dir: Path, history_path: Path,
+             elapsed_s: float) -> None:
+    """Score the model on the evaluation split, log it, and save it as ``best`` when it improves.
+
+    ``elapsed_s`` (wall seconds since this process started its training loop, earlier validations included; a
+    resumed run counts from its own start) goes into the history as ``elapsed_min``, so that curves can be drawn
+    against time as well as steps.
+    """
     model.eval()
     with torch.no_grad():
         metrics = task.evaluate(accelerator.unwrap_model(model), eval_dl, accelerator)
@@ -352,7 +360,8 @@ def validate(accelerator, task, model, eval_dl, state: LoopState, output_dir: Pa
         state.best_metric, state.best_step = value, state.global_step
     if accelerator.is_main_process:
         with history_path.open("a") as f:
-            f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **scalars}) + "\n")
+            f.write(json.dumps({"step": state.global_step, "epoch": state.epoch,
+                                "elapsed_min": round(elapsed_s / 60, 2), **scalars}) + "\n")
         if better:
             task.save_pretrained(accelerator.unwrap_model(model), str(output_dir / "best"))
             (output_dir / "best" / "eval_metrics.json").write_text(json.dumps(

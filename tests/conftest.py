@@ -31,3 +31,14 @@ def cache_dir(tmp_path) -> str:
     d = tmp_path / "hf_cache"
     d.mkdir()
     return str(d)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Accelerate keeps one state per process (device, mixed precision) and refuses a different one later; tests
+    that run ``scripts/train.py``'s ``main`` in-process with other settings (``--cpu``, ``--bf16``, a GPU when one
+    is there) each get a fresh one."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)

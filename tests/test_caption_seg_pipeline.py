@@ -324,3 +324,15 @@ def test_consistency_of_multi_word_labels():
     assert consistency_report("a road", ["road", "bus"], classes, unnamed=["bus"]) == {
         "named_but_absent": [], "present_but_unnamed": [],
     }
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_device_gives_the_cpu_results(folder, pipe):
+    images = photos(4, sizes=((50, 70), (40, 40)))
+    gpu = pipeline(TASK, model=str(folder), device=0)
+    assert gpu.model.device.type == "cuda"
+    gpu_out, cpu_out = gpu(images, batch_size=2, region_captions=True), pipe(images, region_captions=True)
+    for g, c in zip(gpu_out, cpu_out):
+        assert (g["class_map"] == c["class_map"]).mean() > 0.99  # GPU convolutions round differently
+        assert g["caption"] == c["caption"]
+        assert [s["label"] for s in g["segments"]] == [s["label"] for s in c["segments"]]

@@ -107,9 +107,12 @@ def test_two_processes_on_cpu(tmp_path, cache_dir, task):
         str(REPO / "scripts" / "train.py"), *task_args,
         "--dataset", "shapes", "--cache-dir", cache_dir, "--data-set", "num_train=40", "--data-set", "num_validation=10",
         "--data-set", "num_test=0", "--data-set", "image_size=32", "--batch-size", "4", "--epochs", "2",
-        "--no-progress", "--output-dir", str(out), "--threads", "1",
+        "--no-progress", "--output-dir", str(out), "--threads", "1", "--cpu",
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # CUDA hidden: these are CPU processes (gloo) even on a machine with a GPU, whose barrier would otherwise
+    # address one CUDA device per process.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           "CUDA_VISIBLE_DEVICES": ""}
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "2 process(es)" in res.stderr + res.stdout
