@@ -20,6 +20,7 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/segmentation_shapes.json")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--epochs", type=int, default=7, help="sized so that the cosine schedule ends inside the budget")
+    p.add_argument("extra", nargs="*", help="more scripts/train.py arguments (after --), e.g. -- --bf16 --channels-last")
     args = p.parse_args()
     data = ["--dataset", "shapes", "--data-set", "num_train=2000", "--data-set", "num_validation=100",
             "--data-set", "num_test=200"]
@@ -27,7 +28,7 @@ def main() -> None:
         "--task", "segment", *data, "--imagenet-weights", "lite0", "--decoder-channels", "64,48,32,24,16",
         "--loss", "ce:1,dice:1", "--batch-size", "16", "--lr", "3e-3", "--warmup-steps", "30",
         "--epochs", str(args.epochs), "--time-budget-min", str(args.minutes), "--threads", str(args.threads),
-        "--eval-batch-size", "50",
+        "--eval-batch-size", "50", *args.extra,
     ]
     evaluate = ["--task", "segment", *data, "--split", "test", "--examples", "4"]
     result = train_and_evaluate("unet_lite0", train, evaluate, Path(args.work_dir))
