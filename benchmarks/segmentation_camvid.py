@@ -22,6 +22,17 @@ from pathlib import Path
 from training_run import add_run_arguments, machine, run, train_and_evaluate, write_results
 
 
+def camvid_train_args(root: str, epochs: int, eval_every_epochs: int, threads: int) -> list[str]:
+    """The bar's recipe as ``scripts/train.py`` arguments (no time budget; later arguments override these)."""
+    return [
+        "--task", "segment", "--dataset", "camvid", "--root", root, "--imagenet-weights", "lite0",
+        "--loss", "ce:1,dice:1", "--augment", "camvid", "--crop-size", "288,384", "--scale-range", "0.5,1.5",
+        "--batch-size", "8", "--lr", "3e-3", "--encoder-lr-multiplier", "0.3333", "--warmup-steps", "30",
+        "--epochs", str(epochs), "--eval-every-epochs", str(eval_every_epochs), "--eval-batch-size", "4",
+        "--bf16", "--channels-last", "--threads", str(threads),
+    ]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=55.0, help="training budget")
@@ -30,14 +41,8 @@ def main() -> None:
     add_run_arguments(p, "segmentation_camvid", "camvid", "results JSON (default: benchmarks/results/segmentation_camvid.json)")
     args = p.parse_args()
     data = ["--dataset", "camvid", "--root", args.root]
-    train = [
-        "--task", "segment", *data, "--imagenet-weights", "lite0", "--loss", "ce:1,dice:1",
-        "--augment", "camvid", "--crop-size", "288,384", "--scale-range", "0.5,1.5",
-        "--batch-size", "8", "--lr", "3e-3", "--encoder-lr-multiplier", "0.3333", "--warmup-steps", "30",
-        "--epochs", str(args.epochs), "--eval-every-epochs", str(args.eval_every_epochs), "--eval-batch-size", "4",
-        "--bf16", "--channels-last", "--time-budget-min", str(args.minutes), "--threads", str(args.threads),
-        *args.extra,
-    ]
+    train = [*camvid_train_args(args.root, args.epochs, args.eval_every_epochs, args.threads),
+             "--time-budget-min", str(args.minutes), *args.extra]
     evaluate = ["--task", "segment", *data, "--split", "validation", "--examples", "4"]
     result = train_and_evaluate(f"unet_lite0_{args.minutes:g}min", train, evaluate, Path(args.work_dir))
     run_dir = Path(result["run_dir"])

@@ -13,6 +13,19 @@ from pathlib import Path
 from training_run import machine, train_and_evaluate, write_results
 
 
+SHAPES_DATA = ["--dataset", "shapes", "--data-set", "num_train=2000", "--data-set", "num_validation=100",
+               "--data-set", "num_test=200"]
+
+
+def shapes_train_args(epochs: int, threads: int) -> list[str]:
+    """The benchmark's recipe as ``scripts/train.py`` arguments (no time budget; later arguments override these)."""
+    return [
+        "--task", "segment", *SHAPES_DATA, "--imagenet-weights", "lite0", "--decoder-channels", "64,48,32,24,16",
+        "--loss", "ce:1,dice:1", "--batch-size", "16", "--lr", "3e-3", "--warmup-steps", "30",
+        "--epochs", str(epochs), "--threads", str(threads), "--eval-batch-size", "50",
+    ]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=9.0, help="training budget (validation and saving come on top)")
@@ -22,14 +35,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=7, help="sized so that the cosine schedule ends inside the budget")
     p.add_argument("extra", nargs="*", help="more scripts/train.py arguments (after --), e.g. -- --bf16 --channels-last")
     args = p.parse_args()
-    data = ["--dataset", "shapes", "--data-set", "num_train=2000", "--data-set", "num_validation=100",
-            "--data-set", "num_test=200"]
-    train = [
-        "--task", "segment", *data, "--imagenet-weights", "lite0", "--decoder-channels", "64,48,32,24,16",
-        "--loss", "ce:1,dice:1", "--batch-size", "16", "--lr", "3e-3", "--warmup-steps", "30",
-        "--epochs", str(args.epochs), "--time-budget-min", str(args.minutes), "--threads", str(args.threads),
-        "--eval-batch-size", "50", *args.extra,
-    ]
+    data = SHAPES_DATA
+    train = [*shapes_train_args(args.epochs, args.threads), "--time-budget-min", str(args.minutes), *args.extra]
     evaluate = ["--task", "segment", *data, "--split", "test", "--examples", "4"]
     result = train_and_evaluate("unet_lite0", train, evaluate, Path(args.work_dir))
     m = result["metrics"]

@@ -1,6 +1,8 @@
 """Albumentations pipelines applied jointly to an image and its label map.
 
-Training: random scale -> pad to the crop size -> random crop -> horizontal flip -> light colour jitter.
+Training: random scale -> pad to the crop size -> random crop -> horizontal flip -> light colour jitter. With
+focus classes, a share of the crops is instead centred on a random pixel of those classes (albumentations'
+``CropNonEmptyMaskIfExists``), so thin or rare classes (CamVid's pole and sign) are seen more often.
 Validation: optional resize, then padding to a multiple of 32 only; no randomness, so scores are reproducible and
 (with no resize, the default) computed at the dataset's own resolution.
 
@@ -52,6 +54,10 @@ class AugmentConfig:
         hue: hue jitter (fraction of the colour circle, 0..0.5).
         eval_size: validation resize (height, width); ``None`` keeps each image's own resolution.
         size_divisor: validation images are padded to a multiple of this.
+        focus_classes: class ids that ``focus_crop_prob`` of the training crops are centred on (a crop falls back
+            to a random one when the image has none of them). Class 0 cannot be one: albumentations treats mask
+            value 0 as empty.
+        focus_crop_prob: the share of training crops centred on a focus class (0..1).
     """
 
     crop_size: tuple[int, int] | None = (256, 256)
@@ -61,6 +67,8 @@ class AugmentConfig:
     hue: float = 0.0
     eval_size: tuple[int, int] | None = None
     size_divisor: int = 32
+    focus_classes: tuple[int, ...] = ()
+    focus_crop_prob: float = 0.0
 
     def __post_init__(self):
         for name in ("crop_size", "eval_size"):
@@ -78,6 +86,18 @@ class AugmentConfig:
             raise ValueError(f"color_jitter must be in [0, 1), got {self.color_jitter}")
         if not 0 <= self.hue <= 0.5:
             raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
+        try:
+            focus = tuple(sorted({int(c) for c in self.focus_classes}))
+        except (TypeError, ValueError):
+            raise ValueError(f"focus_classes must be class ids, got {self.focus_classes!r}") from None
+        object.__setattr__(self, "focus_classes", focus)
+        if any(c <= 0 for c in focus):
+            raise ValueError(
+                f"focus_classes {list(focus)}: class ids must be >= 1 (albumentations' CropNonEmptyMaskIfExists "
+                "treats mask value 0 as empty, so class 0 cannot be centred on)"
+            )
+        if not 0 <= self.focus_crop_prob <= 1:
+            raise ValueError(f"focus_crop_prob must be in [0, 1], got {self.focus_crop_prob}")
         if self.crop_size is not None and any(side % self.size_divisor for side in self.crop_size):
             raise ValueError(
                 f"crop size {self.crop_size} must be a multiple of {self.size_divisor} in both sides "
@@ -124,8 +144,11 @@ def load_augment_config(preset: str | Path = "default", **overrides: Any) -> Aug
     return dataclasses.replace(base, **changes) if changes else base
 
 
-def train_transform(config: AugmentConfig, ignore_index: int, seed: int | None = None) -> A.Compose:
-    """Joint image+mask training pipeline; ``config.crop_size`` must be set (resolve ``None`` first)."""
+def train_transform(
+    config: AugmentConfig, ignore_index: int, seed: int | None = None, num_classes: int | None = None
+) -> A.Compose:
+    """Joint image+mask training pipeline; ``config.crop_size`` must be set (resolve ``None`` first).
+    ``num_classes`` is needed only for focus crops (every other class id is what they must not centre on)."""
     if config.crop_size is None:
         raise ValueError("the training pipeline needs a crop size: set crop_size (e.g. --crop-size 256)")
     height, width = config.crop_size
@@ -143,7 +166,7 @@ def train_transform(config: AugmentConfig, ignore_index: int, seed: int | None =
             min_height=height, min_width=width, position="random", border_mode=cv2.BORDER_CONSTANT,
             fill=0, fill_mask=ignore_index,
         ),
-        A.RandomCrop(height=height, width=width),
+        _crop(config, height, width, ignore_index, num_classes),
     ]
     if config.hflip:
         steps.append(A.HorizontalFlip(p=0.5))
@@ -154,6 +177,23 @@ def train_transform(config: AugmentConfig, ignore_index: int, seed: int | None =
                           hue=(-config.hue, config.hue), p=0.8)
         )
     return A.Compose(steps, seed=seed)
+
+
+def _crop(config: AugmentConfig, height: int, width: int, ignore_index: int, num_classes: int | None):
+    if not config.focus_classes or config.focus_crop_prob == 0:
+        return A.RandomCrop(height=height, width=width)
+    if num_classes is None:
+        raise ValueError("focus crops need the number of classes")
+    unknown = [c for c in config.focus_classes if c >= num_classes]
+    if unknown:
+        raise ValueError(f"focus classes {unknown} are not class ids of this dataset (0..{num_classes - 1})")
+    others = [c for c in range(num_classes) if c not in config.focus_classes] + [ignore_index]
+    q = config.focus_crop_prob
+    # OneOf picks a member with probability proportional to its p.
+    return A.OneOf([
+        A.RandomCrop(height=height, width=width, p=1 - q),
+        A.CropNonEmptyMaskIfExists(height=height, width=width, ignore_values=others, p=q),
+    ], p=1.0)
 
 
 def eval_transform(config: AugmentConfig, ignore_index: int) -> A.Compose:

@@ -129,6 +129,11 @@ class SegmentationTask(TrainingTask):
         parser.add_argument("--crop-size", default=None,
                             help="training crop 'height,width' or one side, multiples of 32")
         parser.add_argument("--scale-range", default=None, help="random rescale 'min,max' before cropping, e.g. 0.5,2")
+        parser.add_argument("--focus-classes", default=None,
+                            help="comma-separated class names or ids that a share of the training crops is centred "
+                                 "on, e.g. pole,sign_symbol,pedestrian (rare or thin classes)")
+        parser.add_argument("--focus-crop-prob", type=float, default=None,
+                            help="share of training crops centred on a focus class (default 0.5 with --focus-classes)")
         parser.add_argument("--eval-size", default=None,
                             help="resize validation images to 'height,width' (default: their own resolution)")
         parser.add_argument("--encoder-lr-multiplier", type=float, default=1.0,
@@ -166,11 +171,31 @@ class SegmentationTask(TrainingTask):
                 _float_list(args.scale_range, "--scale-range") if getattr(args, "scale_range", None) else None
             ),
             "eval_size": getattr(args, "eval_size", None),
+            **self._focus_overrides(),
         }
         config = load_augment_config(preset, **overrides)
         if config.crop_size is None:
             config = load_augment_config(preset, **{**overrides, "crop_size": self._training_image_size()})
         return config
+
+    def _focus_overrides(self) -> dict:
+        text = getattr(self.args, "focus_classes", None)
+        prob = getattr(self.args, "focus_crop_prob", None)
+        if not text:
+            if prob:
+                raise ValueError("--focus-crop-prob needs --focus-classes")
+            return {}
+        ids = []
+        for item in (t.strip() for t in text.split(",") if t.strip()):
+            if item in self.class_names:
+                ids.append(self.class_names.index(item))
+            elif item.isdigit() and int(item) < len(self.class_names):
+                ids.append(int(item))
+            else:
+                raise ValueError(
+                    f"--focus-classes: {item!r} is neither a class name nor a class id of {self.class_names}"
+                )
+        return {"focus_classes": tuple(ids), "focus_crop_prob": 0.5 if prob is None else prob}
 
     def _training_image_size(self) -> tuple[int, int]:
         split = self.data[self.train_split].select_columns(["image"])
@@ -294,7 +319,8 @@ class SegmentationTask(TrainingTask):
 
     # -------------------------------------------------------------------------------------------------------- data
     def train_dataset(self) -> SegmentationDataset:
-        return SegmentationDataset(self.data[self.train_split], train_transform(self.augment, self.ignore_index), self)
+        transform = train_transform(self.augment, self.ignore_index, num_classes=len(self.class_names))
+        return SegmentationDataset(self.data[self.train_split], transform, self)
 
     def eval_dataset(self) -> SegmentationDataset:
         return SegmentationDataset(self.data[self.eval_split], eval_transform(self.augment, self.ignore_index))
