@@ -7,6 +7,8 @@ reaches. The shapes references are five random template draws per image, so n-gr
 
     python benchmarks/captioning_shapes.py [--out benchmarks/results/captioning_shapes.json]
     python benchmarks/captioning_shapes.py --caption-style canonical --out benchmarks/results/captioning_shapes_canonical.json
+    python benchmarks/captioning_shapes.py --caption-style canonical --encoder-training finetune --epochs 10 \
+        --eval-every-epochs 2 --out benchmarks/results/captioning_shapes_canonical_finetune.json
 
 ``--caption-style canonical`` trains and scores on the shapes option with one caption per image that names every
 object (``datasets_cfg.shapes.canonical_caption``); a perfect captioner reaches BLEU-4 1.0 there, so the targets
@@ -43,17 +45,28 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/captioning_shapes.json")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--caption-style", choices=["varied", "canonical"], default="varied")
+    p.add_argument("--encoder-training", choices=["frozen", "finetune"], default="frozen",
+                   help="frozen: cached ImageNet features, decoder only; finetune: the whole encoder trains too, "
+                        "at --encoder-lr")
+    p.add_argument("--encoder-lr", type=float, default=1e-3, help="with --encoder-training finetune")
+    p.add_argument("--epochs", type=int, default=48, help="length of the cosine schedule (size it to the budget)")
+    p.add_argument("--eval-every-epochs", type=int, default=8)
+    p.add_argument("extra", nargs="*", help="more scripts/train.py arguments (after --)")
     args = p.parse_args()
     data = ["--dataset", "shapes", "--data-set", "num_train=2000", "--data-set", "num_validation=100",
             "--data-set", "num_test=200", "--data-set", f"caption_style={args.caption_style}"]
+    encoder = (["--freeze-encoder", "--cache-encoder-features"] if args.encoder_training == "frozen"
+               else ["--encoder-lr", str(args.encoder_lr)])
     train = [
-        "--task", "caption", *data, "--encoder", "tf_efficientnet_lite0", "--imagenet-weights", "--freeze-encoder",
-        "--cache-encoder-features", "--image-size", "128", "--decoder", "lstm", "--batch-size", "32",
-        "--lr", "2e-3", "--warmup-steps", "30", "--epochs", "48", "--eval-every-epochs", "8",
-        "--time-budget-min", str(args.minutes), "--threads", str(args.threads), "--eval-batch-size", "50",
+        "--task", "caption", *data, "--encoder", "tf_efficientnet_lite0", "--imagenet-weights", *encoder,
+        "--image-size", "128", "--decoder", "lstm", "--batch-size", "32",
+        "--lr", "2e-3", "--warmup-steps", "30", "--epochs", str(args.epochs),
+        "--eval-every-epochs", str(args.eval_every_epochs),
+        "--time-budget-min", str(args.minutes), "--threads", str(args.threads), "--eval-batch-size", "50", *args.extra,
     ]
     evaluate = ["--task", "caption", *data, "--split", "test", "--examples", "4"]
-    result = train_and_evaluate(f"lstm_lite0_frozen_{args.caption_style}", train, evaluate, Path(args.work_dir))
+    name = f"lstm_lite0_{args.encoder_training}_{args.caption_style}"
+    result = train_and_evaluate(name, train, evaluate, Path(args.work_dir))
     ceiling = reference_ceiling(200) if args.caption_style == "varied" else {}
     m = result["metrics"]
     rows = [
@@ -71,6 +84,7 @@ def main() -> None:
         print(f"| {name} | {fmt(value)} | {fmt(ref)} | {target} |")
     print(f"| train minutes | {result['train_seconds'] / 60:.1f} | | <= 15 |")
     write_results(Path(args.out), {"benchmark": "captioning_shapes", "caption_style": args.caption_style,
+                                   "encoder_training": args.encoder_training,
                                    "machine": machine(), "train_args": train,
                                    "reference_ceiling": ceiling, **result})
 
