@@ -44,7 +44,7 @@ SHAPES_LEVERS = {
     "8000_images_2ep": ["--data-set", "num_train=8000", "--epochs", "2"],
     "decoder_128": ["--decoder-channels", "128,64,48,32,16"],
     "lr_6e-3": ["--lr", "6e-3"],
-    "24ep (3x the budget)": ["--epochs", "24"],
+    "24ep_3x_budget": ["--epochs", "24"],
 }
 
 
@@ -90,12 +90,14 @@ def main() -> None:
     while pending or running:
         while pending and len(running) < args.parallel:
             name, extra = pending.pop(0)
-            run_dir = work / name.split(" ")[0]
+            run_dir = work / name
             run_dir.mkdir(parents=True, exist_ok=True)
-            cmd = [sys.executable, "scripts/train.py", *base, *extra, *args.extra, "--output-dir", str(run_dir), "--no-progress",
-                   "--cache-dir", str(run_dir / "arrow_cache")]  # one cache per run: concurrent runs do not share locks
+            # One Arrow cache per run, so that concurrent runs never wait on each other's dataset locks.
+            cmd = [sys.executable, "scripts/train.py", *base, *extra, *args.extra, "--output-dir", str(run_dir),
+                   "--no-progress", "--cache-dir", str(run_dir / "arrow_cache")]
             log = (run_dir / "train.log").open("w")
-            running[name] = (subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT), run_dir, time.monotonic())
+            proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            running[name] = (proc, run_dir, time.monotonic())
             print(f"started {name}", flush=True)
         for name, (proc, run_dir, t0) in list(running.items()):
             if proc.poll() is None:
