@@ -26,7 +26,7 @@ from pathlib import Path
 
 from segmentation_camvid import camvid_train_args
 from segmentation_shapes import SHAPES_DATA, shapes_train_args
-from training_run import REPO, machine, write_results
+from training_run import REPO, machine, run, write_results
 
 # Lever name -> scripts/train.py arguments appended to the recipe (argparse: the last value of a flag wins).
 CAMVID_LEVERS = {
@@ -110,8 +110,8 @@ def main() -> None:
                 continue
             res = {"args": levers[name], "minutes": round((time.monotonic() - t0) / 60, 2), **summarise(run_dir)}
             if evaluate:
-                subprocess.run([sys.executable, "scripts/evaluate.py", *evaluate, "--model", str(run_dir / "best"),
-                                "--out", str(run_dir / "eval")], cwd=REPO, check=True, capture_output=True)
+                run(["scripts/evaluate.py", *evaluate, "--model", str(run_dir / "best"), "--out", str(run_dir / "eval")],
+                    run_dir / "eval.log")
                 res["test_mIoU"] = json.loads((run_dir / "eval" / "metrics.json").read_text())["mIoU"]
             results[name] = res
             print(f"finished {name}: best val mIoU {res['best_val_mIoU']:.4f}", flush=True)
