@@ -1,7 +1,7 @@
 """Evaluation report of a segmentation model, for ``scripts/evaluate.py --task segment``.
 
 ``evaluate_segmentation`` predicts every image of a split at its original resolution (whole image or sliding
-window, optional flip TTA), accumulates one confusion matrix, and writes to an output folder:
+window, optional flip and multi-scale TTA), accumulates one confusion matrix, and writes to an output folder:
 
 - ``metrics.json``: mIoU, mean Dice, pixel and mean class accuracy, per-class scores (``null`` where a class is
   absent from both prediction and reference), the confusion matrix and the inference settings;
@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from metrics.segmentation_metrics.segmentation_metrics import confusion_matrix, flat_scores, scores_from_confusion
 
-from .sliding_window import predict_segmentation
+from .sliding_window import check_scales, predict_segmentation
 
 IGNORE_COLOR = (0, 0, 0)
 
@@ -247,6 +247,7 @@ def evaluate_segmentation(
     window: int | Sequence[int] | None = None,
     stride: int | Sequence[int] | None = None,
     flip: bool = False,
+    scales: Sequence[float] | None = None,
     examples: int | Sequence[int | str] = 4,
     max_samples: int | None = None,
 ) -> dict:
@@ -256,7 +257,7 @@ def evaluate_segmentation(
     Args:
         model, processor: a ``UnetForSemanticSegmentation`` and its ``SegmentationImageProcessor``.
         class_names / ignore_index: default to the model config's ``id2label`` and ``semantic_loss_ignore_index``.
-        mode, window, stride, flip: inference settings (see ``sliding_window.predict_logits``).
+        mode, window, stride, flip, scales: inference settings (see ``sliding_window.predict_logits``).
         examples: overlays for the first N rows, or for these row indices / image ids.
         max_samples: score only the first N rows.
 
@@ -264,6 +265,7 @@ def evaluate_segmentation(
         the flat metrics (``mIoU``, ``iou/<class>``, …) plus ``"files"``: the written paths.
     """
     config = model.config
+    scales = check_scales(scales)
     class_names = list(class_names or [config.id2label[i] for i in range(config.num_labels)])
     ignore_index = config.semantic_loss_ignore_index if ignore_index is None else int(ignore_index)
     if "mask" not in dataset.column_names:
@@ -285,7 +287,7 @@ def evaluate_segmentation(
         image = row["image"].convert("RGB")
         reference = np.asarray(row["mask"])
         prediction = predict_segmentation(
-            model, processor, [image], mode=mode, window=window, stride=stride, flip=flip
+            model, processor, [image], mode=mode, window=window, stride=stride, flip=flip, scales=scales
         )[0]
         cm += confusion_matrix(prediction, reference, len(class_names), ignore_index)
         image_id = row.get("image_id", str(index))
@@ -295,7 +297,8 @@ def evaluate_segmentation(
             overlay_figure(image, prediction, class_names, reference, ignore_index, palette=palette).save(path)
             overlays.append(str(path))
     scores = scores_from_confusion(cm)
-    settings = {"mode": mode, "window": window, "stride": stride, "flip": flip, "num_images": total}
+    settings = {"mode": mode, "window": window, "stride": stride, "flip": flip, "scales": list(scales),
+                "num_images": total}
     files = write_report(scores, class_names, out, settings)
     files["overlays"] = overlays
     return {**flat_scores(scores, class_names), "files": files}

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from models.sliding_window import MODES, predict_logits
+from models.sliding_window import MODES, check_scales, predict_logits
 
 from .image_batching import VariableSizeImageBatching, pad_stack, split_by_size
 from .image_inputs import DEFAULT_MAX_IMAGE_PIXELS
@@ -89,6 +89,8 @@ class SemanticSegmentationPipeline(VariableSizeImageBatching, ImagePipeline):
         window: window (height, width) or side for ``"slide"``; defaults to the model config's ``train_crop_size``.
         stride: step between windows (default two thirds of the window).
         flip: also run the horizontally flipped image and average the logits.
+        scales: multi-scale test-time augmentation: average the logits at these resize factors, e.g.
+            ``(0.75, 1, 1.25)`` (default: the image as it is).
         return_class_map: also return the (H, W) int64 class-id map (see Returns).
         max_image_pixels: refuse inputs larger than this many pixels (default 64 MP; 0: no limit).
         batch_size: images per forward pass. Images of different sizes in one batch run as separate groups, so a
@@ -121,6 +123,7 @@ class SemanticSegmentationPipeline(VariableSizeImageBatching, ImagePipeline):
         window=None,
         stride=None,
         flip: bool | None = None,
+        scales=None,
         return_class_map: bool | None = None,
         max_image_pixels: int | None = None,
     ):
@@ -134,6 +137,8 @@ class SemanticSegmentationPipeline(VariableSizeImageBatching, ImagePipeline):
         for name, value in (("window", window), ("stride", stride), ("flip", flip)):
             if value is not None:
                 forward[name] = value
+        if scales is not None:
+            forward["scales"] = check_scales(scales)
         if return_class_map is not None:
             postprocess["return_class_map"] = bool(return_class_map)
         return preprocess, forward, postprocess
@@ -141,12 +146,13 @@ class SemanticSegmentationPipeline(VariableSizeImageBatching, ImagePipeline):
     def preprocess(self, image, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> dict:
         return self.pixel_inputs(image, max_image_pixels)
 
-    def _forward(self, model_inputs: dict, mode: str = "whole", window=None, stride=None, flip: bool = False) -> dict:
+    def _forward(self, model_inputs: dict, mode: str = "whole", window=None, stride=None, flip: bool = False,
+                 scales=None) -> dict:
         sizes = model_inputs["original_size"]
         sizes = torch.cat(sizes) if isinstance(sizes, list) else sizes
         logits: list[torch.Tensor | None] = [None] * len(sizes)
         for indices, pixels in split_by_size(model_inputs["pixel_values"]):
-            group = predict_logits(self.model, pixels, mode=mode, window=window, stride=stride, flip=flip)
+            group = predict_logits(self.model, pixels, mode=mode, window=window, stride=stride, flip=flip, scales=scales)
             for j, i in enumerate(indices):
                 logits[i] = group[j]
         class_maps, confidences = [], []

@@ -47,6 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--sliding-window", metavar="H,W", help="predict in windows of this size instead of whole images")
     g.add_argument("--stride", metavar="H,W", help="sliding-window stride (default: half the window)")
     g.add_argument("--flip", action="store_true", help="average with the horizontally flipped prediction")
+    g.add_argument("--scales", metavar="S,S,...",
+                   help="multi-scale TTA: average the predictions at these resize factors (e.g. 0.75,1,1.25)")
     g = p.add_argument_group("caption")
     g.add_argument("--metrics", choices=["fast", "official"], default="fast",
                    help="official: PTB tokenizer and METEOR 1.5 through pycocoevalcap (needs Java)")
@@ -64,6 +66,17 @@ def _pair(text: str | None):
     return parts[0] if len(parts) == 1 else tuple(parts)
 
 
+def _scales(text: str | None) -> tuple[float, ...] | None:
+    from models.sliding_window import check_scales
+
+    if text is None:
+        return None
+    try:
+        return check_scales([float(v) for v in text.split(",") if v.strip()])
+    except ValueError as err:
+        raise DatasetError(f"--scales {text!r}: {err}") from None
+
+
 def evaluate_segment(args, split, out: Path) -> dict:
     from models.segmentation_image_processor import SegmentationImageProcessor
     from models.segmentation_report import evaluate_segmentation
@@ -74,7 +87,7 @@ def evaluate_segment(args, split, out: Path) -> dict:
     return evaluate_segmentation(
         model, processor, split, out,
         mode="slide" if args.sliding_window else "whole", window=_pair(args.sliding_window), stride=_pair(args.stride),
-        flip=args.flip, examples=args.examples, max_samples=args.max_samples,
+        flip=args.flip, scales=args.scales, examples=args.examples, max_samples=args.max_samples,
     )
 
 
@@ -117,6 +130,7 @@ def main(argv=None) -> int:
         return 2
     out = Path(args.out or Path(args.model) / f"eval_{args.split}")
     try:
+        args.scales = _scales(args.scales)  # before loading anything: a typo fails at once
         overrides = parse_overrides(args.data_set)
         data = load_dataset_from_config(args.dataset, root=args.root, splits=[args.split], cache_dir=args.cache_dir, **overrides)
         run = {"segment": evaluate_segment, "caption": evaluate_caption, "caption-seg": evaluate_caption_seg}[args.task]

@@ -38,6 +38,14 @@ def test_segment_report(seg_folder, tmp_path, cache_dir, capsys):
     assert len(list((out / "overlays").glob("*.png"))) == 2
 
 
+def test_segment_report_with_multi_scale_tta(seg_folder, tmp_path, cache_dir):
+    out = tmp_path / "report"
+    assert main(["--task", "segment", "--model", str(seg_folder), *SHAPES, "--cache-dir", cache_dir,
+                 "--out", str(out), "--examples", "0", "--flip", "--scales", "0.75,1,1.25"]) == 0
+    settings = json.loads((out / "metrics.json").read_text())["settings"]
+    assert settings["scales"] == [0.75, 1.0, 1.25] and settings["flip"] is True
+
+
 def test_errors_are_one_line(seg_folder, tmp_path, cache_dir, capsys):
     assert main(["--task", "segment", "--model", str(tmp_path / "missing"), *SHAPES]) == 2
     assert "no such model folder" in capsys.readouterr().err
@@ -53,3 +61,6 @@ def test_errors_are_one_line(seg_folder, tmp_path, cache_dir, capsys):
     assert main(["--task", "segment", "--model", str(seg_folder), "--dataset", "imagefolder_captions",
                  "--root", str(root), "--split", "train", "--cache-dir", cache_dir]) == 2
     assert "no 'mask' column" in capsys.readouterr().err
+    for bad in ("0.75,big", "0,1", ","):
+        assert main(["--task", "segment", "--model", str(seg_folder), *SHAPES, "--scales", bad]) == 2
+        assert "--scales" in capsys.readouterr().err

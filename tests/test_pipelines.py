@@ -200,6 +200,17 @@ def test_sliding_window_inference(segmenter, segmenter_folder):
         segmenter(image, mode="tiles")
 
 
+def test_multi_scale_flip_tta(segmenter, segmenter_folder):
+    image = photos(1, sizes=((70, 90),))[0]
+    out = segmenter(image, scales=(0.75, 1.25), flip=True, return_class_map=True)
+    model = UnetForSemanticSegmentation.from_pretrained(segmenter_folder).eval()
+    processor = SegmentationImageProcessor.from_pretrained(segmenter_folder)
+    expected = predict_segmentation(model, processor, [image], scales=(0.75, 1.25), flip=True)[0]
+    np.testing.assert_array_equal(out["class_map"], expected)
+    with pytest.raises(ValueError, match="scale"):
+        segmenter(image, scales=(0,))
+
+
 def test_loads_with_trust_remote_code(segmenter_folder):
     segmenter = pipeline("semantic-segmentation", model=str(segmenter_folder), trust_remote_code=True, device=-1)
     assert segmenter.device.type == "cpu" and segmenter(photos(1)[0])[0]["mask"].size == (70, 50)

@@ -9,7 +9,13 @@ from transformers import AutoImageProcessor
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from models.segmentation_image_processor import SegmentationImageProcessor
-from models.sliding_window import predict_logits, predict_segmentation, sliding_window_logits, window_starts
+from models.sliding_window import (
+    check_scales,
+    predict_logits,
+    predict_segmentation,
+    sliding_window_logits,
+    window_starts,
+)
 from models.unet import UnetConfig, UnetForSemanticSegmentation
 
 IGNORE = 255
@@ -139,6 +145,52 @@ def test_sliding_window_on_the_unet():
         predict_logits(model, x, mode="slide")
     with pytest.raises(ValueError, match="inference mode"):
         predict_logits(model, x, mode="tiles")
+
+
+class SizeRecorder(torch.nn.Module):
+    """Logits = a fixed per-class value everywhere; records the input sizes it is called with."""
+
+    def __init__(self, values=(0.5, -1.0, 2.0)):
+        super().__init__()
+        self.values = torch.tensor(values)
+        self.sizes = []
+
+    def forward(self, pixel_values):
+        self.sizes.append(tuple(pixel_values.shape[-2:]))
+        b, _, h, w = pixel_values.shape
+        return SemanticSegmenterOutput(logits=self.values.view(1, -1, 1, 1).expand(b, -1, h, w).clone())
+
+
+def test_multi_scale_runs_each_scale_padded_to_the_divisor_and_averages():
+    model = SizeRecorder()
+    x = torch.randn(1, 3, 96, 160)
+    out = predict_logits(model, x, scales=(0.75, 1, 1.5))
+    # 96x160 * 0.75 = 72x120 -> padded to 96x128; * 1.5 = 144x240 -> 160x256 (multiples of 32)
+    assert model.sizes == [(96, 128), (96, 160), (160, 256)]
+    assert out.shape == (1, 3, 96, 160)
+    # Per-class constant logits survive the resizing and padding crop exactly.
+    torch.testing.assert_close(out, model.values.view(1, -1, 1, 1).expand(1, 3, 96, 160))
+    assert predict_logits(model, x, scales=[1.0]).equal(predict_logits(model, x))
+
+
+def test_multi_scale_on_the_unet_and_through_predict_segmentation():
+    model = tiny_model()
+    x = torch.randn(1, 3, 64, 96)
+    single = predict_logits(model, x)
+    multi = predict_logits(model, x, scales=(0.5, 1.0, 2.0), flip=True)
+    assert multi.shape == single.shape and not torch.allclose(multi, single)
+    assert (multi.argmax(1) == single.argmax(1)).float().mean() > 0.5  # random weights: same broad picture
+    processor = SegmentationImageProcessor.for_model(model.config)
+    for mode in ("whole", "slide"):
+        maps = predict_segmentation(model, processor, [_image(50, 70)], mode=mode, window=32, scales=(0.75, 1.25))
+        assert maps[0].shape == (50, 70)
+
+
+@pytest.mark.parametrize("bad", [(), (0,), (-1.0,), (float("nan"),), (5.0,), ("big",)])
+def test_bad_scales_are_refused(bad):
+    with pytest.raises(ValueError, match="scale"):
+        check_scales(bad)
+    assert check_scales(None) == (1.0,) and check_scales(1.25) == (1.25,)
 
 
 def test_predictions_come_back_at_the_original_resolution():
