@@ -65,12 +65,6 @@ def check_scales(scales: Sequence[float] | None) -> tuple[float, ...]:
     return values
 
 
-def size_divisor(model: torch.nn.Module) -> int:
-    """The multiple of which the model needs its input sides: 2**encoder_depth for our U-Net (32 by default)."""
-    depth = getattr(getattr(model, "config", None), "encoder_depth", None)
-    return 2 ** int(depth) if depth else 32
-
-
 def _at_scale(model: torch.nn.Module, pixel_values: torch.Tensor, scale: float, predict) -> torch.Tensor:
     """``predict`` (a tensor -> logits function) on ``pixel_values`` resized by ``scale`` and padded to the model's
     size divisor; the logits come back at the input's (H, W)."""
@@ -78,7 +72,7 @@ def _at_scale(model: torch.nn.Module, pixel_values: torch.Tensor, scale: float, 
         return predict(pixel_values)
     height, width = pixel_values.shape[-2:]
     h, w = max(1, round(height * scale)), max(1, round(width * scale))
-    d = size_divisor(model)
+    d = int(getattr(getattr(model, "config", None), "output_stride", 32))  # the U-Net config's input multiple
     scaled = F.interpolate(pixel_values, size=(h, w), mode="bilinear", align_corners=False)
     # Zero padding, as the image processor pads (normalised zero); its logits are cropped away below.
     scaled = F.pad(scaled, (0, -(-w // d) * d - w, 0, -(-h // d) * d - h))

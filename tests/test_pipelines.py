@@ -209,6 +209,16 @@ def test_multi_scale_flip_tta(segmenter, segmenter_folder):
     np.testing.assert_array_equal(out["class_map"], expected)
     with pytest.raises(ValueError, match="scale"):
         segmenter(image, scales=(0,))
+    # The pipeline passes the scales to the model (not only to the reference call above).
+    sizes = []
+    original = segmenter.model.forward
+    segmenter.model.forward = lambda pixel_values, **kw: sizes.append(tuple(pixel_values.shape[-2:])) or original(
+        pixel_values=pixel_values, **kw)
+    try:
+        segmenter(image, scales=(0.5, 1.0))
+    finally:
+        del segmenter.model.forward
+    assert len(sizes) == 2 and sizes[0] != sizes[1]
 
 
 def test_loads_with_trust_remote_code(segmenter_folder):

@@ -152,7 +152,7 @@ class SizeRecorder(torch.nn.Module):
 
     def __init__(self, values=(0.5, -1.0, 2.0)):
         super().__init__()
-        self.values = torch.tensor(values)
+        self.values = torch.nn.Parameter(torch.tensor(values), requires_grad=False)  # also gives it a device
         self.sizes = []
 
     def forward(self, pixel_values):
@@ -184,6 +184,10 @@ def test_multi_scale_on_the_unet_and_through_predict_segmentation():
     for mode in ("whole", "slide"):
         maps = predict_segmentation(model, processor, [_image(50, 70)], mode=mode, window=32, scales=(0.75, 1.25))
         assert maps[0].shape == (50, 70)
+    # predict_segmentation hands the scales down: the padded 64x96 input is also run at half size.
+    recorder = SizeRecorder()
+    predict_segmentation(recorder, processor, [_image(50, 70)], scales=(0.5, 1.0))
+    assert recorder.sizes == [(32, 64), (64, 96)]
 
 
 @pytest.mark.parametrize("bad", [(), (0,), (-1.0,), (float("nan"),), (5.0,), ("big",)])
