@@ -4,7 +4,8 @@ and the combined pipeline's inference time vs the captioning and segmentation pi
     python benchmarks/caption_seg_ablation.py [--minutes 6] [--seeds 0 1 2] [--out benchmarks/results/caption_seg_ablation.json]
 
 Part 1 trains ``scripts/train.py --task caption-seg`` (the ``make demo`` recipe, ``scripts/demo.py``) once per
-seed and variant (``--variants``: segment tokens per class, per connected region ``--segment-units instance``, or
+seed and variant (``--variants``: segment tokens per class, per connected region ``--segment-units instance``,
+per connected region refined by geometry-aware self-attention among the tokens ``--segment-relation-layers 2``, or
 none ``--no-segment-tokens``), each for ``--minutes`` of training, and scores the
 best checkpoint on the 200-image test split with ``scripts/evaluate.py --task caption-seg``: BLEU-4, CIDEr,
 attribute accuracy (every object's shape and colour named, nothing false; ``shapes_attribute_accuracy``), the rate
@@ -33,11 +34,14 @@ sys.path.insert(0, str(REPO))
 from benchmarks.training_run import machine, train_and_evaluate, write_results  # noqa: E402
 from scripts.demo import DATA, TRAIN  # noqa: E402
 
-MEASURES = ("BLEU-4", "CIDEr", "attribute_accuracy", "relation_rate", "object_recall", "mIoU")
-# The extra train.py flags of each variant: segment tokens per class (the default), per connected region, none.
+MEASURES = ("BLEU-4", "CIDEr", "attribute_accuracy", "relation_accuracy", "relation_rate", "object_recall", "mIoU")
+# The extra train.py flags of each variant: segment tokens per class (the default), per connected region (alone or
+# related to each other), none.
 VARIANTS = {
     "segment-aware": [],
     "segment-aware-instance": ["--segment-units", "instance"],
+    # Per-region tokens that first exchange their relative places (geometry-aware self-attention, 2 layers).
+    "segment-aware-relations": ["--segment-units", "instance", "--segment-relation-layers", "2"],
     "plain": ["--no-segment-tokens"],
 }
 
@@ -53,8 +57,8 @@ def ablation(args) -> dict:
         for variant in args.variants:
             extra = VARIANTS[variant]
             train = [*TRAIN, "--epochs", str(args.epochs), "--time-budget-min", str(args.minutes), "--seed", str(seed),
-                     *extra]
-            result = train_and_evaluate(f"{variant}_seed{seed}", train, evaluate, Path(args.work_dir))
+                     *extra, *args.extra]
+            result = train_and_evaluate(f"{variant}_seed{seed}{args.run_suffix}", train, evaluate, Path(args.work_dir))
             m = result["metrics"]
             print(f"{variant} seed {seed}: " + ", ".join(f"{k} {m.get(k, float('nan')):.4f}" for k in MEASURES)
                   + f" ({result['train_seconds'] / 60:.1f} min)", flush=True)
@@ -135,10 +139,12 @@ def main() -> None:
     p.add_argument("--skip-timing", action="store_true", help="only the ablation")
     p.add_argument("--work-dir", default="outputs/benchmarks/caption_seg_ablation")
     p.add_argument("--out", default="benchmarks/results/caption_seg_ablation.json")
+    p.add_argument("--run-suffix", default="", help="appended to each run's folder name (e.g. _reg0)")
+    p.add_argument("extra", nargs="*", help="more scripts/train.py arguments for every run (after --)")
     args = p.parse_args()
 
     result = {"benchmark": "caption_seg_ablation", "machine": machine(), "minutes_per_run": args.minutes,
-              "train_args": TRAIN}
+              "train_args": [*TRAIN, *args.extra]}
     if not args.skip_training:
         result.update(ablation(args))
         print("\n| measure | " + " | ".join(f"{v} (mean ± spread)" for v in args.variants) + " |")

@@ -11,6 +11,8 @@ reaches. The shapes references are five random template draws per image, so n-gr
         --eval-every-epochs 2 --out benchmarks/results/captioning_shapes_canonical_finetune.json
     python benchmarks/captioning_shapes.py --caption-style canonical --encoder-training finetune --num-train 8000 \
         --epochs 2 --eval-every-epochs 1 --minutes 14 -- --image-size 160
+    python benchmarks/captioning_shapes.py --caption-style canonical --encoder-training finetune --num-train 12000 \
+        --epochs 2 --eval-every-epochs 1 --minutes 14 --run-suffix _reg0 -- --image-size 160 --attention-reg 0
 
 ``--caption-style canonical`` trains and scores on the shapes option with one caption per image that names every
 object (``datasets_cfg.shapes.canonical_caption``); a perfect captioner reaches BLEU-4 1.0 there, so the targets
@@ -53,8 +55,11 @@ def main() -> None:
     p.add_argument("--encoder-lr", type=float, default=1e-3, help="with --encoder-training finetune")
     p.add_argument("--epochs", type=int, default=48, help="length of the cosine schedule (size it to the budget)")
     p.add_argument("--eval-every-epochs", type=int, default=8)
+    p.add_argument("--decoder", choices=["lstm", "transformer"], default="lstm",
+                   help="the caption decoder; its size and learning rate can be changed after --")
     p.add_argument("--num-train", type=int, default=2000,
                    help="training images generated (the data is synthetic: more images cost seconds, not downloads)")
+    p.add_argument("--run-suffix", default="", help="appended to the run's folder name (e.g. _reg0)")
     p.add_argument("extra", nargs="*", help="more scripts/train.py arguments (after --)")
     args = p.parse_args()
     data = ["--dataset", "shapes", "--data-set", f"num_train={args.num_train}", "--data-set", "num_validation=100",
@@ -63,15 +68,16 @@ def main() -> None:
                else ["--encoder-lr", str(args.encoder_lr)])
     train = [
         "--task", "caption", *data, "--encoder", "tf_efficientnet_lite0", "--imagenet-weights", *encoder,
-        "--image-size", "128", "--decoder", "lstm", "--batch-size", "32",
+        "--image-size", "128", "--decoder", args.decoder, "--batch-size", "32",
         "--lr", "2e-3", "--warmup-steps", "30", "--epochs", str(args.epochs),
         "--eval-every-epochs", str(args.eval_every_epochs),
         "--time-budget-min", str(args.minutes), "--threads", str(args.threads), "--eval-batch-size", "50", *args.extra,
     ]
     evaluate = ["--task", "caption", *data, "--split", "test", "--examples", "4"]
-    name = f"lstm_lite0_{args.encoder_training}_{args.caption_style}"
+    name = f"{args.decoder}_lite0_{args.encoder_training}_{args.caption_style}"
     if args.num_train != 2000:
         name += f"_{args.num_train}img"
+    name += args.run_suffix
     result = train_and_evaluate(name, train, evaluate, Path(args.work_dir))
     ceiling = reference_ceiling(200) if args.caption_style == "varied" else {}
     m = result["metrics"]
@@ -90,7 +96,7 @@ def main() -> None:
         print(f"| {name} | {fmt(value)} | {fmt(ref)} | {target} |")
     print(f"| train minutes | {result['train_seconds'] / 60:.1f} | | <= 15 |")
     write_results(Path(args.out), {"benchmark": "captioning_shapes", "caption_style": args.caption_style,
-                                   "num_train": args.num_train,
+                                   "num_train": args.num_train, "decoder": args.decoder,
                                    "encoder_training": args.encoder_training,
                                    "machine": machine(), "train_args": train,
                                    "reference_ceiling": ceiling, **result})

@@ -12,7 +12,8 @@ Parts (``CaptionSegConfig`` holds the two sub-configs and the joining hyper-para
   mapped to ``hidden_size`` channels by a 1 x 1 convolution plus fixed sine-cosine position embeddings, as a
   (B, N, C) sequence. The encoder runs once per image for both tasks;
 - **segment tokens** (``segment_tokens.py``, when ``segment_aware``): one token per predicted segment (class
-  embedding + mask-pooled features + geometry), appended to the regions; a segment is one class
+  embedding + mask-pooled features + geometry, optionally refined by geometry-aware self-attention among the
+  tokens, ``segment_relation_layers``), appended to the regions; a segment is one class
   (``segment_units="class"``) or one connected region of a class (``"instance"``, up to ``max_segments``); absent
   segments are masked out of the decoder's attention;
 - **decoder**: the attention LSTM/GRU of ``lstm_decoder.py``, attending over regions and segment tokens at every
@@ -70,6 +71,9 @@ class CaptionSegConfig(PreTrainedConfig):
         segment_min_area: share of the image a segment must cover to get a token.
         segment_units: ``"class"`` (a token per class) or ``"instance"`` (a token per connected region of a class).
         max_segments: with ``"instance"``: most segment tokens per image (the largest segments).
+        segment_relation_layers: layers of geometry-aware self-attention among the segment tokens
+            (``segment_relations.py``) before the decoder sees them; 0: none.
+        segment_relation_heads: attention heads of those layers (``hidden_size`` must be a multiple).
         train_segments_from: ``"ground_truth"`` or ``"predicted"``: which segmentation makes the tokens in training.
         segmentation_loss_weight: weight of the segmentation loss in the total loss.
         label_smoothing: of the caption cross-entropy.
@@ -90,6 +94,8 @@ class CaptionSegConfig(PreTrainedConfig):
     segment_min_area: float = 0.002
     segment_units: str = "class"
     max_segments: int = 8
+    segment_relation_layers: int = 0
+    segment_relation_heads: int = 8
     train_segments_from: str = "ground_truth"
     segmentation_loss_weight: float = 1.0
     label_smoothing: float = 0.0
@@ -104,6 +110,12 @@ class CaptionSegConfig(PreTrainedConfig):
             raise ValueError(f"segment_units must be one of {SEGMENT_UNITS}, not {self.segment_units!r}")
         if self.max_segments < 1:
             raise ValueError(f"max_segments must be at least 1, not {self.max_segments}")
+        if self.segment_relation_layers < 0 or self.segment_relation_heads < 1:
+            raise ValueError(f"segment_relation_layers must be >= 0 and segment_relation_heads >= 1, not "
+                             f"{self.segment_relation_layers} and {self.segment_relation_heads}")
+        if self.segment_relation_layers and self.hidden_size % self.segment_relation_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of segment_relation_heads "
+                             f"{self.segment_relation_heads}")
         if self.train_segments_from not in TRAIN_SEGMENT_SOURCES:
             raise ValueError(f"train_segments_from must be one of {TRAIN_SEGMENT_SOURCES}, not {self.train_segments_from!r}")
         if self.decoder.encoder_hidden_size != self.hidden_size:
@@ -155,7 +167,8 @@ class CaptionSegOutput(ModelOutput):
 
     Args:
         loss: total loss (when ``labels`` or ``segmentation_labels`` are given).
-        caption_loss, segmentation_loss, attention_penalty: its parts (unweighted).
+        caption_loss, segmentation_loss, attention_penalty: its parts (unweighted); the penalty is computed only
+            when it is weighted (``attention_regularization`` > 0) or the attention weights are asked for.
         logits: (B', T, vocab) next-token scores, one row per caption (B' = B, or the length of
             ``caption_image_index``).
         segmentation_logits: (B, K, H, W).
@@ -245,6 +258,8 @@ class CaptionSegModel(CaptionSegPreTrainedModel):
             hidden_size=C,
             image_channels=config.segmenter.in_channels,
             min_area=config.segment_min_area,
+            relation_layers=config.segment_relation_layers,
+            relation_heads=config.segment_relation_heads,
         )
         self.post_init()
 
@@ -354,13 +369,16 @@ class CaptionSegModel(CaptionSegPreTrainedModel):
                     logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100,
                     label_smoothing=float(self.config.label_smoothing),
                 )
-                penalty = doubly_stochastic_penalty(weights, labels != -100, memory_mask)
+                if weights is not None:  # None with attention_regularization 0: the penalty is not computed
+                    penalty = doubly_stochastic_penalty(weights, labels != -100, memory_mask)
 
         loss = None
         if caption_loss is not None or segmentation_loss is not None:
             loss = 0.0
             if caption_loss is not None:
-                loss = loss + caption_loss + self.config.decoder.attention_regularization * penalty
+                loss = loss + caption_loss
+                if penalty is not None and reg > 0:
+                    loss = loss + reg * penalty
             if segmentation_loss is not None:
                 loss = loss + self.config.segmentation_loss_weight * segmentation_loss
         output = CaptionSegOutput(

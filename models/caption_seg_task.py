@@ -112,6 +112,9 @@ class CaptionSegTask(TrainingTask):
         p.add_argument("--segment-units", choices=SEGMENT_UNITS, default="class",
                        help="a segment token per class, or per connected region of a class (instance)")
         p.add_argument("--max-segments", type=int, default=8, help="with --segment-units instance: most tokens")
+        p.add_argument("--segment-relation-layers", type=int, default=0,
+                       help="layers of geometry-aware self-attention among the segment tokens (0: none)")
+        p.add_argument("--segment-relation-heads", type=int, default=8, help="heads of those layers")
         p.add_argument("--seg-loss", default="ce:1,dice:1", help="segmentation loss terms, e.g. 'ce:1,dice:1'")
         p.add_argument("--seg-loss-weight", type=float, default=1.0)
         p.add_argument("--cell", choices=["lstm", "gru"], default="lstm")
@@ -152,9 +155,14 @@ class CaptionSegTask(TrainingTask):
     def _check_arguments(self) -> None:
         a = self.args
         for name in ("max_segments", "image_size", "hidden_size", "embed_dim", "decoder_dim", "attention_dim", "captions_per_image",
-                     "min_word_freq", "max_caption_len", "num_beams"):
+                     "min_word_freq", "max_caption_len", "num_beams", "segment_relation_heads"):
             if getattr(a, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(a, name)}")
+        if a.segment_relation_layers < 0:
+            raise ValueError(f"--segment-relation-layers must be >= 0, not {a.segment_relation_layers}")
+        if a.segment_relation_layers and a.hidden_size % a.segment_relation_heads:
+            raise ValueError(f"--hidden-size {a.hidden_size} must be a multiple of --segment-relation-heads "
+                             f"{a.segment_relation_heads}")
         if a.seg_loss_weight < 0 or a.attention_reg < 0:
             raise ValueError("--seg-loss-weight and --attention-reg must be >= 0")
         if not 0.0 <= a.label_smoothing < 1.0:
@@ -194,7 +202,8 @@ class CaptionSegTask(TrainingTask):
                                      "attention_regularization": a.attention_reg},
                     region_stage=a.region_stage, hidden_size=a.hidden_size, segment_aware=not a.no_segment_tokens,
                     segment_min_area=a.segment_min_area, segment_units=a.segment_units,
-                    max_segments=a.max_segments, train_segments_from=a.train_segments,
+                    max_segments=a.max_segments, segment_relation_layers=a.segment_relation_layers,
+                    segment_relation_heads=a.segment_relation_heads, train_segments_from=a.train_segments,
                     segmentation_loss_weight=a.seg_loss_weight, label_smoothing=a.label_smoothing,
                     max_length=a.max_caption_len + 1, num_beams=a.num_beams,
                 )

@@ -346,7 +346,10 @@ class CaptionTask(TrainingTask):
     def training_step(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         labels = batch["labels"]
         use_penalty = self.attention_reg > 0
+        # The padding mask changes nothing for right-padded captions under causal attention, but without it
+        # transformers warns (GPT-2 decoder) that the padded input_ids may give wrong outputs.
         out = model(**self.model_inputs(batch), decoder_input_ids=batch["decoder_input_ids"],
+                    decoder_attention_mask=(labels != -100).long(),
                     output_attentions=True if use_penalty else None, use_cache=False)
         logits = out.logits
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100,

@@ -18,6 +18,10 @@ What a segment is (``CaptionSegConfig.segment_units``):
 - ``"instance"``: each connected region of one class (``instance_segments``), up to ``max_segments`` tokens
   largest first, each with its class's embedding; two circles get a token each, with their own colour and place.
 
+With ``relation_layers`` > 0 the tokens then pass through that many layers of geometry-aware self-attention
+among themselves (``segment_relations.py``), so that each token also carries where the other segments are relative
+to it (what "to the left of" compares), and a final LayerNorm.
+
 A segment is *present* when it covers at least ``min_area`` of the image; absent ones (and padding) get a zero
 token and a False entry in the presence mask, which the decoder uses as its ``encoder_attention_mask``.
 
@@ -33,6 +37,8 @@ import torch
 from scipy import ndimage
 from torch import nn
 from torch.nn import functional as F
+
+from .segment_relations import SegmentRelationLayer
 
 # area (sqrt), centroid (x, y), spread (x, y), box (x0, y0, x1, y1)
 GEOMETRY_FEATURES = 9
@@ -109,7 +115,7 @@ class SegmentTokens(nn.Module):
     """One token of size ``hidden_size`` per class from a segmentation; see the module docstring."""
 
     def __init__(self, num_classes: int, pixel_feature_size: int, region_feature_size: int, hidden_size: int,
-                 image_channels: int = 3, min_area: float = 0.002):
+                 image_channels: int = 3, min_area: float = 0.002, relation_layers: int = 0, relation_heads: int = 8):
         super().__init__()
         self.min_area = float(min_area)
         self.class_embedding = nn.Embedding(num_classes, hidden_size)
@@ -118,6 +124,14 @@ class SegmentTokens(nn.Module):
             nn.Linear(GEOMETRY_FEATURES, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
         )
         self.norm = nn.LayerNorm(hidden_size)
+        # Only built when asked, so models saved without them load (and initialise) exactly as before.
+        if relation_layers > 0:
+            self.relations = nn.ModuleList(
+                SegmentRelationLayer(hidden_size, relation_heads) for _ in range(relation_layers)
+            )
+            self.relations_norm = nn.LayerNorm(hidden_size)
+        else:
+            self.relations = None
 
     def presence(self, segments: torch.Tensor) -> torch.Tensor:
         """(B, K) True where a class covers at least ``min_area`` of the image (and at least one pixel)."""
@@ -138,11 +152,14 @@ class SegmentTokens(nn.Module):
         )
         if segment_classes is None:
             segment_classes = torch.arange(K, device=segments.device).expand(B, K)
-        tokens = self.class_embedding(segment_classes) + self.feature_proj(pooled) + self.geometry_proj(
-            segment_geometry(segments)
-        )
+        geometry = segment_geometry(segments)
+        tokens = self.class_embedding(segment_classes) + self.feature_proj(pooled) + self.geometry_proj(geometry)
         present = self.presence(segments)
         tokens = self.norm(tokens) * present[..., None].to(tokens.dtype)
+        if self.relations is not None:
+            for layer in self.relations:
+                tokens = layer(tokens, geometry, present)
+            tokens = self.relations_norm(tokens) * present[..., None].to(tokens.dtype)
         return tokens, present
 
 

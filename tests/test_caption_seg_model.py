@@ -3,6 +3,7 @@ the segment tokens come from, region captions, batched generation, and saving / 
 
 import copy
 import json
+import math
 import os
 import subprocess
 import sys
@@ -148,6 +149,25 @@ def test_loss_parts_and_gradients_reach_every_part(tiny):
     model.zero_grad()
     out.loss.backward()
     assert reached(unet.segmentation_head) and reached(unet.encoder) and reached(st.feature_proj)
+
+
+def test_without_the_attention_penalty_the_loss_is_caption_plus_segmentation(tiny):
+    model, tokenizer, processor = tiny
+    model = copy.deepcopy(model).train()
+    model.config.decoder.attention_regularization = 0.0
+    pixel_values, seg_labels = shapes_batch(processor, 2)
+    captions = tokenizer(["a red circle above a star.", "a blue square."], padding=True, return_tensors="pt").input_ids
+    inputs, labels = captions[:, :-1], captions[:, 1:].masked_fill(captions[:, 1:] == tokenizer.pad_token_id, -100)
+    out = model(pixel_values, decoder_input_ids=inputs, labels=labels, segmentation_labels=seg_labels)
+    assert out.attention_penalty is None and out.attention_weights is None
+    expected = out.caption_loss + model.config.segmentation_loss_weight * out.segmentation_loss
+    torch.testing.assert_close(out.loss, expected)
+    # Asked for, the weights still come back (for pictures), and still do not enter the loss.
+    out = model(pixel_values, decoder_input_ids=inputs, labels=labels, segmentation_labels=seg_labels,
+                output_attentions=True)
+    assert out.attention_weights is not None and out.attention_penalty is not None
+    expected = out.caption_loss + model.config.segmentation_loss_weight * out.segmentation_loss
+    torch.testing.assert_close(out.loss, expected)
 
 
 def test_several_captions_per_image_share_its_encoder_pass(tiny, photos):
@@ -417,3 +437,85 @@ def test_instance_units_give_a_token_and_a_region_caption_per_connected_segment(
     assert masks[:, rows * cols:].tolist() == [[False, True, False, False, False, False],
                                                [False, False, True, False, False, False]]
     assert not torch.equal(masks[0, : rows * cols], masks[1, : rows * cols])
+
+
+# ------------------------------------------------------------------------------------ relations among segment tokens
+def two_squares(left: tuple[int, int], right: tuple[int, int], size: int = 32) -> torch.Tensor:
+    """(1, 3, size, size) masks: a 6x6 square at ``left`` (row, col), a 4x8 box at ``right``, and an empty slot."""
+    segments = torch.zeros(1, 3, size, size)
+    segments[0, 0, left[0]:left[0] + 6, left[1]:left[1] + 6] = 1
+    segments[0, 1, right[0]:right[0] + 4, right[1]:right[1] + 8] = 1
+    return segments
+
+
+def relation_layer():
+    from models.segment_relations import SegmentRelationLayer
+
+    torch.manual_seed(0)
+    return SegmentRelationLayer(hidden_size=32, num_heads=4).eval()
+
+
+def test_pairwise_geometry_is_signed_and_relative():
+    from models.segment_relations import pairwise_geometry
+
+    pair = pairwise_geometry(segment_geometry(two_squares((4, 2), (20, 20))))  # segment 1 is right of and below 0
+    dx, dy, adx, ady, log_w, log_h = pair[0, 0, 1].tolist()
+    assert dx == pytest.approx((24 - 5) / 32) and dy == pytest.approx((22 - 7) / 32)
+    assert adx == pytest.approx(dx) and ady == pytest.approx(dy)
+    assert log_w == pytest.approx(math.log(8 / 6)) and log_h == pytest.approx(math.log(4 / 6))
+    torch.testing.assert_close(pair[0, 1, 0], torch.tensor([-dx, -dy, adx, ady, -log_w, -log_h]))
+    assert torch.equal(pair[0, 0, 0], torch.zeros(6))
+
+
+def test_relation_layer_is_permutation_equivariant_and_ignores_absent_tokens():
+    layer = relation_layer()
+    geometry = segment_geometry(two_squares((4, 2), (20, 20)))
+    present = torch.tensor([[True, True, False]])
+    tokens = torch.randn(1, 3, 32)
+    out = layer(tokens, geometry, present)
+    assert out.shape == (1, 3, 32) and torch.equal(out[0, 2], torch.zeros(32))
+    assert not torch.allclose(out[0, :2], tokens[0, :2])
+    order = [1, 2, 0]
+    torch.testing.assert_close(layer(tokens[:, order], geometry[:, order], present[:, order]), out[:, order])
+    changed = tokens.clone()
+    changed[0, 2] = 100.0  # an absent token's content reaches no present token
+    torch.testing.assert_close(layer(changed, geometry, present), out)
+
+
+def test_relation_layer_sees_relative_places_not_absolute_ones():
+    layer = relation_layer()
+    present = torch.tensor([[True, True, False]])
+    tokens = torch.randn(1, 3, 32)
+    out = layer(tokens, segment_geometry(two_squares((4, 2), (20, 20))), present)
+    # Both segments moved together: the same relative layout, the same tokens.
+    moved = layer(tokens, segment_geometry(two_squares((6, 5), (22, 23))), present)
+    torch.testing.assert_close(moved, out)
+    # Mirrored left-right (segment 1 now left of segment 0): different tokens.
+    mirrored = layer(tokens, segment_geometry(two_squares((4, 2), (20, 20)).flip(-1)), present)
+    assert (mirrored - out).abs().max() > 1e-3
+
+
+def test_relation_layers_in_the_model_train_save_and_load(photos, tmp_path):
+    model, tokenizer, processor = build_tiny_caption_seg_model(segment_units="instance", max_segments=4,
+                                                               segment_relation_layers=2, segment_relation_heads=4)
+    assert len(model.segment_tokens.relations) == 2
+    pixel_values, seg_labels = shapes_batch(processor, 2)
+    captions = tokenizer(["a red circle above a star.", "a blue square."], padding=True, return_tensors="pt").input_ids
+    inputs, labels = captions[:, :-1], captions[:, 1:].masked_fill(captions[:, 1:] == tokenizer.pad_token_id, -100)
+    model.train()
+    out = model(pixel_values, decoder_input_ids=inputs, labels=labels, segmentation_labels=seg_labels)
+    out.caption_loss.backward()
+    for name, param in model.segment_tokens.relations.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    model.eval()
+    folder = save_caption_seg(model, tokenizer, processor, tmp_path / "model")
+    assert (folder / "segment_relations.py").is_file()
+    loaded, _, _ = load_caption_seg(folder)
+    assert loaded.config.segment_relation_layers == 2
+    px = pixels(processor, photos)
+    assert torch.equal(loaded.generate(px, num_beams=2), model.generate(px, num_beams=2))
+    for bad, match in [({"segment_relation_layers": -1}, "segment_relation_layers"),
+                       ({"segment_relation_layers": 1, "segment_relation_heads": 5},
+                        "multiple of segment_relation_heads")]:
+        with pytest.raises(ValueError, match=match):
+            type(model.config)(**{**model.config.to_dict(), **bad})

@@ -113,6 +113,20 @@ def test_no_segment_tokens_trains_the_plain_captioner(tmp_path, cache):
         model.encode(torch.zeros(1, 3, 64, 64), segment_aware=True)
 
 
+def test_segment_relation_layers_train_and_are_saved(tmp_path, cache):
+    out = tmp_path / "relations"
+    flags = ["--epochs", "1", "--segment-units", "instance", "--segment-relation-layers", "1",
+             "--segment-relation-heads", "4", "--checkpoint-every", "1", "--keep-checkpoints", "5"]
+    assert main(argv(out, cache, *flags)) == 0
+    model, _, _ = load_caption_seg(out / "best")
+    assert model.config.segment_relation_layers == 1 and model.config.segment_relation_heads == 4
+    last = load_file(str(out / "last" / "model.safetensors"))
+    after_one_step = load_file(str(out / "checkpoints" / "step_1" / "model.safetensors"))
+    # The caption loss trains them: they moved between step 1 and the end.
+    for key in ("segment_tokens.relations.0.qkv.weight", "segment_tokens.relations.0.geometry.0.weight"):
+        assert not torch.equal(after_one_step[key], last[key]), key
+
+
 def test_a_dataset_without_masks_is_a_clear_error(tmp_path, cache, capsys):
     root = tmp_path / "captions_only"
     rows = []
@@ -139,6 +153,9 @@ def test_a_dataset_without_masks_is_a_clear_error(tmp_path, cache, capsys):
         (["--captions-per-image", "0"], "--captions-per-image must be at least 1"),
         (["--label-smoothing", "1.0"], "--label-smoothing must be in"),
         (["--decoder-channels", "16,x,8"], "--decoder-channels must be comma-separated integers"),
+        (["--segment-relation-layers", "-1"], "--segment-relation-layers must be >= 0"),
+        (["--segment-relation-layers", "1", "--segment-relation-heads", "5"],
+         "--hidden-size 32 must be a multiple of --segment-relation-heads 5"),
     ],
 )
 def test_bad_flags_are_one_error_line_and_exit_2(tmp_path, cache, capsys, flags, message):
