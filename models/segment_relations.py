@@ -15,8 +15,8 @@ token receives *where* the others are, not only *what* they are. Unlike those pa
 "to the left of" and "to the right of" differ only in it. ``torch.nn.MultiheadAttention`` takes an additive bias
 but no per-pair values, hence this small layer of its own.
 
-Shapes: ``tokens`` (B, S, C), ``geometry`` (B, S, GEOMETRY_FEATURES) from ``segment_tokens.segment_geometry``,
-``present`` (B, S) bool -> (B, S, C), zero where absent.
+Shapes: ``tokens`` (B, S, C), ``pair_geometry`` (B, S, S, PAIR_FEATURES) from ``pairwise_geometry`` (computed once
+and shared by all layers), ``present`` (B, S) bool -> (B, S, C), zero where absent.
 """
 
 from __future__ import annotations
@@ -63,10 +63,10 @@ class SegmentRelationLayer(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, tokens: torch.Tensor, geometry: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, pair_geometry: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         B, S, C = tokens.shape
         h, d = self.num_heads, self.head_size
-        pair = self.geometry(pairwise_geometry(geometry).to(tokens.dtype))  # (B, S, S, h + C)
+        pair = self.geometry(pair_geometry.to(tokens.dtype))  # (B, S, S, h + C)
         bias = pair[..., :h].permute(0, 3, 1, 2)  # (B, h, S, S)
         relative_values = pair[..., h:].reshape(B, S, S, h, d)
         q, k, v = self.qkv(self.attention_norm(tokens)).reshape(B, S, 3, h, d).permute(2, 0, 3, 1, 4)

@@ -38,7 +38,7 @@ from scipy import ndimage
 from torch import nn
 from torch.nn import functional as F
 
-from .segment_relations import SegmentRelationLayer
+from .segment_relations import SegmentRelationLayer, pairwise_geometry
 
 # area (sqrt), centroid (x, y), spread (x, y), box (x0, y0, x1, y1)
 GEOMETRY_FEATURES = 9
@@ -157,8 +157,9 @@ class SegmentTokens(nn.Module):
         present = self.presence(segments)
         tokens = self.norm(tokens) * present[..., None].to(tokens.dtype)
         if self.relations is not None:
+            pair_geometry = pairwise_geometry(geometry)
             for layer in self.relations:
-                tokens = layer(tokens, geometry, present)
+                tokens = layer(tokens, pair_geometry, present)
             tokens = self.relations_norm(tokens) * present[..., None].to(tokens.dtype)
         return tokens, present
 

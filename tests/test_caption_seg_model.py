@@ -455,6 +455,12 @@ def relation_layer():
     return SegmentRelationLayer(hidden_size=32, num_heads=4).eval()
 
 
+def pair_geometry_of(segments: torch.Tensor) -> torch.Tensor:
+    from models.segment_relations import pairwise_geometry
+
+    return pairwise_geometry(segment_geometry(segments))
+
+
 def test_pairwise_geometry_is_signed_and_relative():
     from models.segment_relations import pairwise_geometry
 
@@ -469,14 +475,15 @@ def test_pairwise_geometry_is_signed_and_relative():
 
 def test_relation_layer_is_permutation_equivariant_and_ignores_absent_tokens():
     layer = relation_layer()
-    geometry = segment_geometry(two_squares((4, 2), (20, 20)))
+    geometry = pair_geometry_of(two_squares((4, 2), (20, 20)))
     present = torch.tensor([[True, True, False]])
     tokens = torch.randn(1, 3, 32)
     out = layer(tokens, geometry, present)
     assert out.shape == (1, 3, 32) and torch.equal(out[0, 2], torch.zeros(32))
     assert not torch.allclose(out[0, :2], tokens[0, :2])
     order = [1, 2, 0]
-    torch.testing.assert_close(layer(tokens[:, order], geometry[:, order], present[:, order]), out[:, order])
+    permuted = geometry[:, order][:, :, order]
+    torch.testing.assert_close(layer(tokens[:, order], permuted, present[:, order]), out[:, order])
     changed = tokens.clone()
     changed[0, 2] = 100.0  # an absent token's content reaches no present token
     torch.testing.assert_close(layer(changed, geometry, present), out)
@@ -486,12 +493,12 @@ def test_relation_layer_sees_relative_places_not_absolute_ones():
     layer = relation_layer()
     present = torch.tensor([[True, True, False]])
     tokens = torch.randn(1, 3, 32)
-    out = layer(tokens, segment_geometry(two_squares((4, 2), (20, 20))), present)
+    out = layer(tokens, pair_geometry_of(two_squares((4, 2), (20, 20))), present)
     # Both segments moved together: the same relative layout, the same tokens.
-    moved = layer(tokens, segment_geometry(two_squares((6, 5), (22, 23))), present)
+    moved = layer(tokens, pair_geometry_of(two_squares((6, 5), (22, 23))), present)
     torch.testing.assert_close(moved, out)
     # Mirrored left-right (segment 1 now left of segment 0): different tokens.
-    mirrored = layer(tokens, segment_geometry(two_squares((4, 2), (20, 20)).flip(-1)), present)
+    mirrored = layer(tokens, pair_geometry_of(two_squares((4, 2), (20, 20)).flip(-1)), present)
     assert (mirrored - out).abs().max() > 1e-3
 
 
