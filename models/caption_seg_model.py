@@ -474,18 +474,21 @@ def build_caption_seg_model(
     imagenet_weights: str | None = None,
     ignore_index: int = 255,
     segmentation_loss: str = "ce:1,dice:1",
+    image_skip_channels: int = 0,
     decoder_options: dict | None = None,
     **config_options,
 ) -> tuple[CaptionSegModel, SegmentationImageProcessor]:
     """A fresh model for ``class_names`` and the caption ``tokenizer``, and its image processor (resize to
     ``image_size`` square, normalise, pad to the stride). ``imagenet_weights``: ``"lite0"``/``"lite1"``/``"lite2"``
-    with the matching ``tu-tf_efficientnet_liteN`` encoder. ``decoder_options``: ``LSTMDecoderConfig`` fields;
+    with the matching ``tu-tf_efficientnet_liteN`` encoder. ``image_skip_channels``: the U-Net's full-resolution skip
+    (``UnetConfig.decoder_image_skip_channels``). ``decoder_options``: ``LSTMDecoderConfig`` fields;
     ``config_options``: ``CaptionSegConfig`` fields."""
     if tokenizer.eos_token_id is None or tokenizer.bos_token_id is None:
         raise ValueError("the caption tokenizer needs <bos> and <eos> tokens (models.caption_tokenizer makes them)")
     segmenter = UnetConfig(
         encoder_name=encoder, encoder_depth=encoder_depth, decoder_channels=list(decoder_channels)[:encoder_depth],
         id2label=dict(enumerate(class_names)), semantic_loss_ignore_index=ignore_index, loss=segmentation_loss,
+        decoder_image_skip_channels=image_skip_channels,
     )
     hidden = int(config_options.get("hidden_size", 256))
     decoder = LSTMDecoderConfig(

@@ -101,6 +101,9 @@ class CaptionSegTask(TrainingTask):
         p.add_argument("--image-size", type=int, default=128, help="square side images are resized to")
         p.add_argument("--encoder-depth", type=int, default=5, choices=[3, 4, 5])
         p.add_argument("--decoder-channels", default="64,48,32,24,16", help="U-Net decoder widths, one per stage")
+        p.add_argument("--image-skip-channels", type=int, default=0,
+                       help="U-Net full-resolution skip: an N-channel stem on the image feeding the decoder's last "
+                            "block (0: none, smp's U-Net)")
         p.add_argument("--region-stage", type=int, default=-2,
                        help="encoder feature stage giving the caption regions (-2: stride 16, 8x8 at 128 px)")
         p.add_argument("--hidden-size", type=int, default=256, help="size of the regions and segment tokens")
@@ -158,6 +161,8 @@ class CaptionSegTask(TrainingTask):
                      "min_word_freq", "max_caption_len", "num_beams", "segment_relation_heads"):
             if getattr(a, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(a, name)}")
+        if a.image_skip_channels < 0:
+            raise ValueError(f"--image-skip-channels must be >= 0, not {a.image_skip_channels}")
         if a.segment_relation_layers < 0:
             raise ValueError(f"--segment-relation-layers must be >= 0, not {a.segment_relation_layers}")
         if a.segment_relation_layers and a.hidden_size % a.segment_relation_heads:
@@ -197,6 +202,7 @@ class CaptionSegTask(TrainingTask):
                     decoder_channels=channels, encoder_depth=a.encoder_depth,
                     imagenet_weights=None if a.imagenet_weights == "none" else a.imagenet_weights,
                     ignore_index=self.ignore_index, segmentation_loss=a.seg_loss,
+                    image_skip_channels=a.image_skip_channels,
                     decoder_options={"embedding_size": a.embed_dim, "hidden_size": a.decoder_dim,
                                      "attention_size": a.attention_dim, "cell_type": a.cell, "dropout": a.dropout,
                                      "attention_regularization": a.attention_reg},

@@ -6,8 +6,9 @@ focus classes, a share of the crops is instead centred on a random pixel of thos
 Validation: optional resize, then padding to a multiple of 32 only; no randomness, so scores are reproducible and
 (with no resize, the default) computed at the dataset's own resolution.
 
-Label maps stay integer class ids: every geometric step uses nearest-neighbour interpolation for the mask, and
-every padded mask pixel is ``ignore_index`` (never a class), so padding is skipped by losses and metrics.
+Label maps stay integer class ids: every geometric step uses nearest-neighbour interpolation for the mask (OpenCV's
+``INTER_NEAREST_EXACT``, see ``MASK_INTERPOLATION``), and every padded mask pixel is ``ignore_index`` (never a
+class), so padding is skipped by losses and metrics.
 
 A preset is chosen by name (``"shapes"``, ``"camvid"``, ``"voc2012"``, ``"default"``, ``"none"``) or given as a YAML
 file whose keys are the fields of :class:`AugmentConfig`; command-line flags override single fields.
@@ -144,6 +145,13 @@ def load_augment_config(preset: str | Path = "default", **overrides: Any) -> Aug
     return dataclasses.replace(base, **changes) if changes else base
 
 
+# OpenCV's INTER_NEAREST samples source pixel floor(x / scale), while INTER_LINEAR (the image's) samples around
+# (x + 0.5) / scale - 0.5, so a rescaled mask sits up to half a source pixel up-left of its image: about 1 % of the
+# edge pixels get the neighbouring class. INTER_NEAREST_EXACT uses the same pixel centres as INTER_LINEAR (and as
+# PIL's and torchvision's NEAREST_EXACT, which the image processor uses).
+MASK_INTERPOLATION = cv2.INTER_NEAREST_EXACT
+
+
 def train_transform(
     config: AugmentConfig, ignore_index: int, seed: int | None = None, num_classes: int | None = None
 ) -> A.Compose:
@@ -158,7 +166,7 @@ def train_transform(
         steps.append(
             A.RandomScale(
                 scale_limit=(lo - 1.0, hi - 1.0), interpolation=cv2.INTER_LINEAR,
-                mask_interpolation=cv2.INTER_NEAREST, p=1.0,
+                mask_interpolation=MASK_INTERPOLATION, p=1.0,
             )
         )
     steps += [
@@ -201,7 +209,7 @@ def eval_transform(config: AugmentConfig, ignore_index: int) -> A.Compose:
     of ``config.size_divisor`` with ``ignore_index`` in the mask."""
     steps: list[A.BasicTransform] = []
     if config.eval_size is not None:
-        steps.append(A.Resize(*config.eval_size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST))
+        steps.append(A.Resize(*config.eval_size, interpolation=cv2.INTER_LINEAR, mask_interpolation=MASK_INTERPOLATION))
     steps.append(
         A.PadIfNeeded(
             min_height=None, min_width=None, pad_height_divisor=config.size_divisor,

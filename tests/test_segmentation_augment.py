@@ -65,6 +65,32 @@ def test_eval_pipeline_only_pads_with_ignore_index():
     assert small.shape == (64, 64) and set(np.unique(small).tolist()) <= set(range(5))
 
 
+# One saturated colour per class: a blend of two class colours along an edge never equals a third one exactly.
+PALETTE = np.array([[0, 0, 0], [250, 10, 10], [10, 250, 10], [10, 10, 250], [250, 250, 10]], dtype=np.uint8)
+
+
+def _misaligned_pixels(out_image, out_mask):
+    """Pixels whose (resampled) colour is exactly one class's colour but whose mask names another class."""
+    distance = np.abs(out_image[:, :, None, :].astype(int) - PALETTE[None, None].astype(int)).sum(-1)
+    pure = (distance.min(-1) == 0) & (out_mask != IGNORE)
+    return int((distance.argmin(-1)[pure] != out_mask[pure]).sum())
+
+
+def test_rescaled_masks_stay_aligned_with_their_images():
+    """OpenCV's INTER_NEAREST would put the mask up to half a pixel up-left of the linearly resampled image
+    (about 1 % of edge pixels mislabelled); every rescale here must keep them aligned."""
+    _, mask = _pair(96, 128)
+    mask = mask % len(PALETTE)
+    image = PALETTE[mask]
+    for scale in (0.8, 0.9, 1.15, 1.3):
+        config = AugmentConfig(crop_size=(64, 96), scale_range=(scale, scale), hflip=False, color_jitter=0.0)
+        transform = train_transform(config, IGNORE, seed=0)
+        assert _misaligned_pixels(*apply_transform(transform, image, mask)) == 0, scale
+    for size in ((75, 100), (120, 160)):
+        transform = eval_transform(AugmentConfig(eval_size=size), IGNORE)
+        assert _misaligned_pixels(*apply_transform(transform, image, mask)) == 0, size
+
+
 def test_same_seed_same_augmentation():
     image, mask = _pair()
     config = PRESETS["default"]

@@ -147,8 +147,9 @@ def test_a_perfect_predictor_scores_one_and_raises_no_warning(shapes, caplog):
 
 
 def test_save_pretrained_writes_model_and_processor_and_init_from_reloads_it(shapes, tmp_path):
-    task = make_task(shapes, "--loss", "focal:1,dice:1")
+    task = make_task(shapes, "--loss", "focal:1,dice:1", "--image-skip-channels", "4")
     model = task.build_model()
+    assert model.config.decoder_image_skip_channels == 4
     task.save_pretrained(model, str(tmp_path))
     assert (tmp_path / "config.json").is_file() and (tmp_path / "preprocessor_config.json").is_file()
     processor = json.loads((tmp_path / "preprocessor_config.json").read_text())
@@ -158,12 +159,18 @@ def test_save_pretrained_writes_model_and_processor_and_init_from_reloads_it(sha
     args = make_args("--init-from", str(tmp_path))
     args.encoder = args.decoder_channels = None
     again = SegmentationTask(args, data, config).build_model()
-    assert again.config.loss == "focal:1,dice:1"
+    assert again.config.loss == "focal:1,dice:1" and again.config.decoder_image_skip_channels == 4
     for a, b in zip(model.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
 
     with pytest.raises(ValueError, match="drop --encoder"):
         make_task(shapes, "--init-from", str(tmp_path)).build_model()
+    args.image_skip_channels = 8
+    with pytest.raises(ValueError, match="drop --image-skip-channels"):
+        SegmentationTask(args, data, config).build_model()
+    args.image_skip_channels = 0
+    with pytest.raises(ValueError, match="--image-skip-channels must be >= 0"):
+        make_task(shapes, "--image-skip-channels", "-1").build_model()
     renamed = data.cast_column("mask_classes", datasets.List(datasets.ClassLabel(names=[f"k{i}" for i in range(7)])))
     with pytest.raises(ValueError, match="was trained on classes"):
         SegmentationTask(args, renamed, config).build_model()

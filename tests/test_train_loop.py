@@ -73,6 +73,20 @@ def test_outputs_best_model_logs_and_curves(tmp_path, base_args):
     assert len(rates) == len(steps) and all(0 < r < float("inf") for r in rates)
 
 
+def test_bf16_on_a_cpu_without_native_bf16_is_warned_about(tmp_path, base_args, monkeypatch, caplog):
+    import scripts.train
+
+    monkeypatch.setattr(scripts.train, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level("WARNING"):
+        assert main(base_args + ["--output-dir", str(tmp_path / "run"), "--epochs", "1", "--cpu", "--bf16"]) == 0
+    assert "without native bf16" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(scripts.train, "cpu_has_native_bf16", lambda: True)
+    with caplog.at_level("WARNING"):
+        assert main(base_args + ["--output-dir", str(tmp_path / "run2"), "--epochs", "1", "--cpu", "--bf16"]) == 0
+    assert "without native bf16" not in caplog.text
+
+
 def test_bad_flags_and_dataset_errors(tmp_path, base_args, capsys):
     assert main(base_args[:2] + ["--dataset", "camvid", "--output-dir", str(tmp_path / "x")]) == 2
     assert "--root" in capsys.readouterr().out

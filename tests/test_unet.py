@@ -32,6 +32,13 @@ def model():
     return UnetForSemanticSegmentation(tiny_config()).eval()
 
 
+@pytest.fixture(params=[0, 4], ids=["smp-decoder", "image-skip"])
+def saved_kinds(request):
+    """The plain smp U-Net and the one with a full-resolution image skip (unet_image_skip.py)."""
+    torch.manual_seed(0)
+    return UnetForSemanticSegmentation(tiny_config(decoder_image_skip_channels=request.param)).eval()
+
+
 def test_forward_returns_semantic_segmenter_output(model):
     x = torch.randn(2, 3, 64, 32)
     out = model(pixel_values=x)
@@ -79,11 +86,12 @@ def test_fresh_model_keeps_smp_initialisation():
         assert torch.equal(a, b), name
 
 
-def test_save_load_round_trip_gives_identical_logits(model, tmp_path):
+def test_save_load_round_trip_gives_identical_logits(saved_kinds, tmp_path):
+    model = saved_kinds
     model.save_pretrained(tmp_path)
     files = set(os.listdir(tmp_path))
     assert "model.safetensors" in files and not any(f.endswith(".bin") for f in files)
-    assert {"unet.py", "segmentation_losses.py", "imagenet_weights.py"} <= files
+    assert {"unet.py", "segmentation_losses.py", "imagenet_weights.py", "unet_image_skip.py"} <= files
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForSemanticSegmentation"}
     x = torch.randn(1, 3, 32, 64)
@@ -115,7 +123,8 @@ def test_channels_last_gives_the_same_logits(model):
     torch.testing.assert_close(model(pixel_values=x).logits, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_trust_remote_code_in_a_fresh_process(model, tmp_path):
+def test_trust_remote_code_in_a_fresh_process(saved_kinds, tmp_path):
+    model = saved_kinds
     folder = tmp_path / "model"
     model.save_pretrained(folder)
     SegmentationImageProcessor.for_model(model.config).save_pretrained(folder)
@@ -154,6 +163,26 @@ def test_trust_remote_code_in_a_fresh_process(model, tmp_path):
     module, processor_class, ignore_index = result.stdout.split()[-3:]
     assert module.startswith("transformers_modules.")
     assert processor_class == "SegmentationImageProcessor" and ignore_index == "255"
+
+
+def test_image_skip_feeds_a_full_resolution_stem_into_the_last_decoder_block():
+    torch.manual_seed(0)
+    model = UnetForSemanticSegmentation(tiny_config(decoder_image_skip_channels=4))
+    decoder = model.unet.decoder
+    assert decoder.image_stem[0].in_channels == 3 and decoder.image_stem[0].out_channels == 4
+    assert decoder.blocks[-1].conv1[0].in_channels == 8 + 4  # decoder_channels[-2] + the skip
+    x, labels = torch.randn(2, 3, 32, 48), torch.randint(0, 3, (2, 32, 48))
+    out = model(pixel_values=x, labels=labels)
+    assert out.logits.shape == (2, 3, 32, 48)
+    out.loss.backward()
+    assert decoder.image_stem[0].weight.grad.abs().sum() > 0
+    # The stem runs at the input's resolution: its output is what the last block concatenates.
+    seen = {}
+    decoder.image_stem.register_forward_hook(lambda module, inputs, output: seen.update(shape=output.shape))
+    model(pixel_values=x)
+    assert seen["shape"] == (2, 4, 32, 48)
+    with pytest.raises(ValueError, match="decoder_image_skip_channels"):
+        tiny_config(decoder_image_skip_channels=-1)
 
 
 def test_imagenet_encoder_loads_offline_weights():
