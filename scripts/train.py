@@ -317,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             state.epoch += 1
             state.batches_in_epoch = 0
+        if stop_reason is not None and state.batches_in_epoch >= len(train_dl):
+            # The step that stopped the run was also the epoch's last batch, so the epoch is complete.
+            state.epoch += 1
+            state.batches_in_epoch = 0
         last_epoch = stop_reason is not None or state.epoch >= num_epochs
         if last_epoch or state.epoch % args.eval_every_epochs == 0:
             validate(accelerator, task, model, eval_dl, state, output_dir, history_path, time.monotonic() - start)
