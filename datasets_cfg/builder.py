@@ -120,6 +120,7 @@ def _fingerprint(config: DatasetConfig, fmt: DatasetFormat, split: str) -> str:
 
 def _generate_rows(fmt: DatasetFormat, split: str, spec: LabelSpec | None) -> Iterator[dict]:
     skipped, first_reason = 0, None
+    masks, foreground_masks = 0, 0
     for record in fmt.records(split):
         try:
             if isinstance(record, BadRecord):
@@ -131,7 +132,22 @@ def _generate_rows(fmt: DatasetFormat, split: str, spec: LabelSpec | None) -> It
             skipped += 1
             first_reason = first_reason or str(err)
             continue
+        if "mask_classes" in row:
+            masks += 1
+            foreground_masks += any(c != 0 for c in row["mask_classes"])
         yield row
+    if masks and not foreground_masks and spec.num_classes > 1:
+        # Each mask alone is valid, so only the split as a whole shows the 0/255 trap: with ignore_index 255 a
+        # 0/255 foreground mask reads as "background + ignored", and the model scores a perfect mIoU by
+        # predicting background everywhere.
+        trap = (" These look like 0/255 foreground masks read with ignore_index 255, which ignores every "
+                "foreground pixel: set 'binary_mask: true' and an ignore_index other than 255 in the dataset YAML."
+                if spec.ignore_index == 255 and not spec.binary_mask else "")
+        raise DatasetError(
+            f"none of the {masks} masks of split '{split}' holds any class but 0 ({spec.class_names[0]}), so "
+            f"there is nothing to learn or score for the other {spec.num_classes - 1} class(es).{trap}",
+            fmt.config.source,
+        )
     if skipped:
         msg = f"{fmt.config.name}/{split}: skipped {skipped} bad row(s) (on_error: skip); first: {first_reason}"
         warnings.warn(msg, stacklevel=2)

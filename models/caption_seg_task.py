@@ -44,8 +44,9 @@ from .caption_seg_model import (
     load_caption_seg,
     save_caption_seg,
 )
-from .caption_task import caption_scores, encode_caption_lists
+from .caption_task import caption_scores, check_caption_metrics_mode, encode_caption_lists
 from .caption_tokenizer import train_caption_tokenizer
+from .decode_failures import DecodeFailures, decoded
 from .segmentation_losses import build_loss
 from .segmentation_task import COLLAPSE_THRESHOLD
 from .task import TrainingTask, register_task
@@ -60,17 +61,22 @@ class CaptionSegTrainDataset(torch.utils.data.Dataset):
     def __init__(self, split, captions_ids: list[list[list[int]]], per_image: int, task: TrainingTask):
         self.split, self.captions_ids, self.per_image, self.task = split, captions_ids, per_image, task
         self.rows = [r for r, caps in enumerate(captions_ids) if caps]
+        self.decode_failures = DecodeFailures()
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.decode_failures.fetch(i, len(self), self._read)
+
+    def _read(self, i: int) -> dict[str, Any]:
         row = self.rows[i]
         item = self.split[row]
         captions = self.captions_ids[row]
         take = min(self.per_image, len(captions))
         chosen = self.task.sample_rng(row).choice(len(captions), size=take, replace=False)
-        return {"image": item["image"], "mask": item["mask"], "input_ids": [captions[k] for k in sorted(chosen)]}
+        return {"image": decoded(item["image"]), "mask": decoded(item["mask"]),
+                "input_ids": [captions[k] for k in sorted(chosen)]}
 
 
 class CaptionSegEvalDataset(torch.utils.data.Dataset):
@@ -172,6 +178,7 @@ class CaptionSegTask(TrainingTask):
             raise ValueError("--seg-loss-weight and --attention-reg must be >= 0")
         if not 0.0 <= a.label_smoothing < 1.0:
             raise ValueError(f"--label-smoothing must be in [0, 1), not {a.label_smoothing}")
+        check_caption_metrics_mode(a.caption_metrics)
         if a.imagenet_weights != "none" and a.encoder != f"tu-tf_efficientnet_{a.imagenet_weights}":
             raise ValueError(
                 f"--imagenet-weights {a.imagenet_weights} fits --encoder tu-tf_efficientnet_{a.imagenet_weights}, "

@@ -39,6 +39,7 @@ from transformers import AutoTokenizer, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
 from .caption_tokenizer import train_caption_tokenizer
+from .decode_failures import DecodeFailures, decoded
 from .captioner import DECODER_KINDS, build_captioner, load_captioner, save_captioner, set_generation_defaults
 from .encoder_feature_cache import cached_encoder_features
 from .lstm_decoder import LSTMDecoderForCausalLM, doubly_stochastic_penalty
@@ -69,6 +70,7 @@ class CaptionTrainDataset(torch.utils.data.Dataset):
         self.sampling, self.seed, self.epoch = sampling, seed, 0
         self.rows = [r for r, caps in enumerate(captions_ids) if caps]  # images without a caption are not trained on
         self.pairs = [(r, k) for r in self.rows for k in range(len(captions_ids[r]))] if sampling == "all" else None
+        self.decode_failures = DecodeFailures()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -77,6 +79,9 @@ class CaptionTrainDataset(torch.utils.data.Dataset):
         return len(self.pairs) if self.pairs is not None else len(self.rows)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.decode_failures.fetch(i, len(self), self._read)
+
+    def _read(self, i: int) -> dict[str, Any]:
         if self.pairs is not None:
             row, k = self.pairs[i]
         else:
@@ -86,7 +91,7 @@ class CaptionTrainDataset(torch.utils.data.Dataset):
         if self.features is not None:
             item["features"] = self.features[row]
         else:
-            item["image"] = self.images[row]["image"]
+            item["image"] = decoded(self.images[row]["image"])
         return item
 
 
@@ -188,6 +193,7 @@ class CaptionTask(TrainingTask):
             raise ValueError(f"--label-smoothing must be in [0, 1), not {a.label_smoothing}")
         if a.attention_reg < 0:
             raise ValueError(f"--attention-reg must be >= 0, not {a.attention_reg}")
+        check_caption_metrics_mode(a.caption_metrics)
 
     # ------------------------------------------------------------------------------------------------------------
     # Model
@@ -410,6 +416,16 @@ def encode_caption_lists(tokenizer, captions: list[list[str]], max_words: int, s
     return per_image
 
 
+def check_caption_metrics_mode(mode: str) -> None:
+    """Refuse before training what the first validation would hit after an epoch: official metrics without Java."""
+    from metrics.caption_metrics import preflight
+
+    problems = preflight(mode)
+    if problems:
+        raise ValueError(f"--caption-metrics {mode} cannot run on this machine:\n- " + "\n- ".join(problems)
+                         + "\n(--caption-metrics fast scores in pure Python)")
+
+
 def caption_scores(predictions: list[str], rows: list[int], split, mode: str = "fast",
                    log_warnings: bool = True) -> dict[str, float]:
     """Metrics of generated captions against the references of dataset rows ``rows``: BLEU-1..4, METEOR, ROUGE-L,
@@ -419,7 +435,9 @@ def caption_scores(predictions: list[str], rows: list[int], split, mode: str = "
 
     captions = split["captions"]
     references = [captions[r] for r in rows]
-    metrics = {k: float(v) for k, v in score_captions(predictions, references, mode=mode).items() if k != "mode"}
+    scores = score_captions(predictions, references, mode=mode)
+    metrics = {k: float(v) for k, v in scores.items() if k != "mode"}
+    metrics["metrics_mode"] = scores["mode"]  # every report says whether these are fast or official numbers
     metrics.update(caption_diversity(predictions))
     if "scene" in split.column_names:
         scenes = split["scene"]
@@ -459,6 +477,7 @@ __all__ = [
     "CaptionTrainDataset",
     "caption_diversity",
     "caption_scores",
+    "check_caption_metrics_mode",
     "collapse_warning",
     "encode_caption_lists",
 ]

@@ -34,6 +34,7 @@ from .segmentation_augment import (
     load_augment_config,
     train_transform,
 )
+from .decode_failures import DecodeFailures
 from .segmentation_image_processor import SegmentationImageProcessor
 from .segmentation_losses import build_loss
 from .task import TrainingTask, register_task
@@ -83,11 +84,17 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.split = split.select_columns(["image", "mask"])
         self.transform = transform
         self.task = task
+        self.decode_failures = DecodeFailures()
 
     def __len__(self) -> int:
         return self.split.num_rows
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        if self.task is None:  # validation: an image that fails must not silently leave the metrics
+            return self._read(int(index))
+        return self.decode_failures.fetch(int(index), len(self), self._read)
+
+    def _read(self, index: int) -> dict[str, np.ndarray]:
         row = self.split[int(index)]
         image = np.asarray(row["image"].convert("RGB"))
         mask = np.asarray(row["mask"])
@@ -299,7 +306,10 @@ class SegmentationTask(TrainingTask):
                 loss=getattr(args, "loss", None) or DEFAULT_LOSS,
                 class_weights=self._class_weights(),
             )
-            model = UnetForSemanticSegmentation(config)
+            try:
+                model = UnetForSemanticSegmentation(config)
+            except (KeyError, RuntimeError) as err:  # smp / timm: an unknown encoder name
+                raise ValueError(f"cannot build the U-Net with --encoder {encoder!r}: {err}") from err
             if variant != "none":
                 model.load_imagenet_encoder(variant)
         model.config.train_crop_size = list(self.augment.crop_size)

@@ -33,10 +33,11 @@ from .image_pipeline import ImagePipeline
 from .segmentation_pipeline import class_map_and_confidence, logits_at_original_size, segments_from_class_map
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "outputs" / "demo" / "caption_seg_model"
+DEFAULT_MODEL_ENV = "CAPTIONSEG_DEFAULT_MODEL"
 
 
 def default_model_dir() -> Path:
-    return Path(os.environ.get("CAPTIONSEG_DEFAULT_MODEL", DEFAULT_MODEL_DIR))
+    return Path(os.environ.get(DEFAULT_MODEL_ENV, DEFAULT_MODEL_DIR))
 
 
 class DemoModelDefault(dict):
@@ -52,11 +53,16 @@ class DemoModelDefault(dict):
             return super().__getitem__(key)
         folder = default_model_dir()
         if not (folder / "config.json").is_file():
+            # Said in full: where it looked and why there, since `make demo DEMO_DIR=...` (or any other folder)
+            # puts the model where this default does not look unless the variable says so.
+            where = (f"{folder} (from {DEFAULT_MODEL_ENV})" if DEFAULT_MODEL_ENV in os.environ
+                     else f"{folder} (where `make demo` puts it; {DEFAULT_MODEL_ENV} is not set)")
             raise FileNotFoundError(
-                f"pipeline('image-captioning-seg') without model= loads the model `make demo` trains, but {folder} "
-                "holds none. Run `make demo` (about 10 minutes on 2 CPU cores), or train one with `python "
-                "scripts/train.py --task caption-seg --dataset shapes --output-dir runs/caption_seg` and pass "
-                "model='runs/caption_seg/best'."
+                f"pipeline('image-captioning-seg') without model= looked for a model in {where} and found none. "
+                f"Pass model='path/to/model', or set {DEFAULT_MODEL_ENV} to a model folder (after `make demo "
+                f"DEMO_DIR=x`: {DEFAULT_MODEL_ENV}=x/caption_seg_model). To make one, run `make demo` (about 10 "
+                "minutes on 2 CPU cores), or `python scripts/train.py --task caption-seg --dataset shapes "
+                "--output-dir runs/caption_seg` and pass model='runs/caption_seg/best'."
             )
         return (str(folder), None)
 
@@ -250,4 +256,4 @@ class CaptionSegPipeline(ImagePipeline):
         return result
 
 
-__all__ = ["CaptionSegPipeline", "DEFAULT_MODEL_DIR", "DemoModelDefault", "default_model_dir"]
+__all__ = ["CaptionSegPipeline", "DEFAULT_MODEL_DIR", "DEFAULT_MODEL_ENV", "DemoModelDefault", "default_model_dir"]

@@ -10,13 +10,14 @@ original resolution (mIoU, per-class IoU, Dice, pixel and mean class accuracy fr
 Files: ``metrics.json`` and ``metrics.md`` (both tasks), ``segmentation/`` (``per_class.txt``,
 ``confusion_matrix.png`` and the segmentation ``metrics.json``), ``predictions.jsonl`` (caption, references,
 classes with pixel shares, consistency report) and ``overlays/`` (photo, coloured mask, legend, caption) for the
-first ``examples`` rows.
+first ``examples`` rows, or for the row indices ``examples`` lists.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ HEADLINE = ("BLEU-4", "CIDEr", "METEOR", "attribute_accuracy", "mIoU", "pixel_ac
 
 
 def evaluate_caption_seg(pipe, split, out_dir: str | Path, batch_size: int = 16, num_beams: int | None = None,
-                         segment_aware: bool | None = None, metrics_mode: str = "fast", examples: int = 4,
+                         segment_aware: bool | None = None, metrics_mode: str = "fast", examples: int | Sequence[int] = 4,
                          max_samples: int | None = None) -> dict:
     """Caption and segment every row of ``split`` (columns ``image``, ``captions``, ``mask``) with ``pipe``, score
     both and write the report files (module docstring). Returns the flat metrics plus ``"files"``."""
@@ -46,6 +47,7 @@ def evaluate_caption_seg(pipe, split, out_dir: str | Path, batch_size: int = 16,
     config = pipe.model.config
     class_names = config.class_names
     ignore_index = config.segmenter.semantic_loss_ignore_index
+    wanted = set(range(examples)) if isinstance(examples, int) else {int(i) for i in examples}  # rows with overlays
     out = Path(out_dir)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     extra = [c for c in ("image_id", "scene") if c in split.column_names]  # scene: attribute accuracy on shapes
@@ -73,7 +75,7 @@ def evaluate_caption_seg(pipe, split, out_dir: str | Path, batch_size: int = 16,
                             "classes": [{"label": a["label"], "area": round(a["area"], 6)}
                                         for a in class_areas(result["class_map"], class_names)],
                             "consistency": result["consistency"]})
-            if index < examples:
+            if index in wanted:
                 path = out / "overlays" / f"{index:04d}.png"
                 prediction_overlay(image, result["class_map"], class_names, caption=result["caption"]).save(path)
                 overlays.append(str(path))

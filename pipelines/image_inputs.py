@@ -34,13 +34,28 @@ def describe_input(image) -> str:
     return f"the {type(image).__name__} input"
 
 
+class ImageTooLargeError(ValueError):
+    """An input over ``max_image_pixels``. Its message gives a Python caller's remedy (the ``max_image_pixels=``
+    parameter); a command line or a web page, whose users set the limit another way or not at all, words its own
+    with ``message`` from the size and limit kept here."""
+
+    def __init__(self, name: str, size: tuple[int, int], max_image_pixels: int):
+        self.name, self.size, self.max_image_pixels = name, tuple(size), max_image_pixels
+        super().__init__(self.message("pass a larger max_image_pixels= to the pipeline"))
+
+    def message(self, advice: str, name: str | None = None) -> str:
+        width, height = self.size
+        return (f"{name or self.name}: image is {width}x{height} pixels ({width * height / 1e6:.0f} MP), over the "
+                f"limit of {self.max_image_pixels / 1e6:.0f} MP; resize it first or {advice}")
+
+    def __reduce__(self):  # the default would call __init__ with the message alone
+        return type(self), (self.name, self.size, self.max_image_pixels)
+
+
 def _check_pixels(size: tuple[int, int], name: str, max_image_pixels: int | None) -> None:
     width, height = size
     if max_image_pixels and width * height > max_image_pixels:
-        raise ValueError(
-            f"{name}: image is {width}x{height} pixels ({width * height / 1e6:.0f} MP), over the limit of "
-            f"{max_image_pixels / 1e6:.0f} MP; resize it first or pass a larger max_image_pixels= to the pipeline"
-        )
+        raise ImageTooLargeError(name, (width, height), max_image_pixels)
 
 
 def _from_array(array: np.ndarray, name: str) -> Image.Image:
@@ -62,7 +77,8 @@ def load_image(image, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -
         max_image_pixels: width x height above which the input is refused (None or 0: no limit).
 
     Raises:
-        ValueError: naming the input, for anything that is not a usable image.
+        ValueError: naming the input, for anything that is not a usable image (``ImageTooLargeError`` for one over
+            ``max_image_pixels``).
     """
     name = describe_input(image)
     if isinstance(image, (str, Path)):
@@ -97,4 +113,4 @@ def image_size(image: Image.Image) -> tuple[int, int]:
     return image.height, image.width
 
 
-__all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "describe_input", "image_size", "load_image"]
+__all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "ImageTooLargeError", "describe_input", "image_size", "load_image"]

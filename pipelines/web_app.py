@@ -49,7 +49,7 @@ from PIL import Image  # noqa: E402
 from datasets_cfg.image_io import open_image_file  # noqa: E402
 from models.prediction_overlay import class_areas, class_name_list, prediction_overlay  # noqa: E402
 
-from .image_inputs import DEFAULT_MAX_IMAGE_PIXELS, load_image  # noqa: E402
+from .image_inputs import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLargeError, describe_input, load_image  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +119,17 @@ def _user_error(message: str) -> gr.Error:
     return gr.Error(html.escape(message), duration=None, print_exception=False)
 
 
-def _uploaded_image(payload, max_image_pixels: int | None) -> Image.Image:
-    """The RGB image of an ``gr.Image`` payload that gradio did not preprocess (see ``build_app``)."""
+def _too_large(shown_name: str, width: int, height: int, max_image_pixels: int) -> gr.Error:
+    # A web user cannot change the server's limit: no max_image_pixels= or command-line advice, only what to do.
+    return _user_error(
+        f"{shown_name}: the image is {width}x{height} pixels ({width * height / 1e6:.1f} MP); this server "
+        f"accepts up to {max_image_pixels / 1e6:.1f} MP. Please upload a smaller image."
+    )
+
+
+def _uploaded_image(payload, max_image_pixels: int | None) -> tuple[Image.Image, str]:
+    """The RGB image of an ``gr.Image`` payload that gradio did not preprocess (see ``build_app``), and the name
+    the user knows the file by."""
     if not payload:
         raise _user_error("No image: upload a photo or pick an example first.")
     path = payload.get("path") if isinstance(payload, dict) else None
@@ -138,11 +147,8 @@ def _uploaded_image(payload, max_image_pixels: int | None) -> Image.Image:
         # The messages name the server's cache path; the user knows the file by its own name.
         raise _user_error(str(err).replace(str(path), shown_name)) from None
     if image is None:
-        raise _user_error(
-            f"{shown_name}: the image is {width}x{height} pixels ({width * height / 1e6:.1f} MP); this server "
-            f"accepts up to {max_image_pixels / 1e6:.1f} MP. Please upload a smaller image."
-        )
-    return image
+        raise _too_large(shown_name, width, height, max_image_pixels)
+    return image, shown_name
 
 
 def _number(value, name: str, low: float, high: float) -> float:
@@ -218,14 +224,20 @@ def build_app(pipe, examples: Sequence[str | Path] = (), max_image_pixels: int |
 
     def caption(image_payload, num_beams, segment_aware, alpha):
         # Gradio does not preprocess this event's inputs (preprocess=False below), so they are checked here.
-        image = _uploaded_image(image_payload, max_image_pixels)
+        image, shown_name = _uploaded_image(image_payload, max_image_pixels)
         beams = int(_number(num_beams, "beam size", 1, MAX_BEAMS))
         alpha = _number(alpha, "overlay opacity", 0.0, 1.0)
         try:
+            # The server's limit, not the pipeline's own (64 MP by default): an image this server accepts must not
+            # be refused by a second, smaller limit. 0 is the pipeline's "no limit", the server's None.
             out = pipe(image, num_beams=beams, segment_aware=bool(segment_aware), region_captions=True,
-                       consistency=True, return_attention=True, return_class_map=True)
+                       consistency=True, return_attention=True, return_class_map=True,
+                       max_image_pixels=max_image_pixels or 0)
+        except ImageTooLargeError as err:
+            raise _too_large(shown_name, *err.size, err.max_image_pixels) from None
         except ValueError as err:
-            raise _user_error(str(err)) from None
+            # The pipeline names the image by its cache path or its type; the user knows it by its own name.
+            raise _user_error(str(err).replace(describe_input(image), shown_name)) from None
         except Exception:
             # A model failure is the server's problem: full traceback in its log, a plain sentence for the user.
             logger.exception("prediction failed")

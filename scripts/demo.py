@@ -10,8 +10,9 @@ Steps, each printed as it starts:
    (``scripts/prepare_data.py``);
 2. train the combined model (U-Net segmenter + segmentation-aware LSTM captioner over one shared EfficientNet-Lite0
    encoder with the offline ImageNet weights) with ``scripts/train.py --task caption-seg`` for at most
-   ``--minutes`` minutes, and copy its best checkpoint to ``OUT/caption_seg_model``. That folder is what
-   ``pipeline("image-captioning-seg")`` loads without ``model=``. When it already exists the demo reuses it;
+   ``--minutes`` minutes, and copy its best checkpoint to ``OUT/caption_seg_model``. With the default ``--out``
+   that folder is what ``pipeline("image-captioning-seg")`` loads without ``model=``; with another, the demo
+   prints the ``CAPTIONSEG_DEFAULT_MODEL=...`` line that makes it so. When it already exists the demo reuses it;
 3. evaluate it on the held-out test split (``scripts/evaluate.py --task caption-seg``): print the metrics and
    save overlays (photo, coloured mask, legend, caption) under ``OUT/eval_test/overlays``;
 4. start the web page (``scripts/serve.py``) and print its local URL.
@@ -20,12 +21,18 @@ Steps, each printed as it starts:
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# Where pipeline("image-captioning-seg") looks without model= (pipelines/caption_seg_pipeline.py's
+# default_model_dir; not imported, since that pulls in torch and transformers for one path).
+DEFAULT_MODEL_ENV = "CAPTIONSEG_DEFAULT_MODEL"
+DEFAULT_MODEL_DIR = ROOT / "outputs" / "demo" / "caption_seg_model"
 
 # The data and the training recipe of the demo (benchmarks/caption_seg_ablation.py measures the same recipe).
 # caption_style=canonical: one caption per image naming every object (see datasets_cfg/shapes.py), the captions
@@ -41,6 +48,15 @@ def run(step: str, command: list[str]) -> None:
     code = subprocess.call(command, cwd=ROOT)
     if code != 0:
         raise SystemExit(f"error: {step} failed (exit status {code})")
+
+
+def default_model_hint(model_dir: Path) -> str | None:
+    """The shell line that makes ``pipeline("image-captioning-seg")`` without ``model=`` load ``model_dir``; None
+    when it already does."""
+    current = Path(os.environ.get(DEFAULT_MODEL_ENV, DEFAULT_MODEL_DIR))
+    if current.resolve() == Path(model_dir).resolve():
+        return None
+    return f"export {DEFAULT_MODEL_ENV}={shlex.quote(str(Path(model_dir).resolve()))}"
 
 
 def main(argv=None) -> int:
@@ -75,6 +91,11 @@ def main(argv=None) -> int:
         shutil.copytree(train_dir / "best", staging)
         shutil.rmtree(model_dir, ignore_errors=True)
         staging.rename(model_dir)  # only a complete model folder ever has the final name
+    hint = default_model_hint(model_dir)
+    if hint:
+        # Not the folder the pipeline's default looks in: say so now, or pipeline() without model= fails later.
+        print(f"    pipeline('image-captioning-seg') without model= loads {model_dir} once this is set:\n"
+              f"    {hint}", flush=True)
 
     run("3/4 evaluating on the held-out test split",
         [python, "scripts/evaluate.py", "--task", "caption-seg", "--model", str(model_dir), *DATA, "--split", "test",

@@ -28,7 +28,15 @@ _SCRIPTS = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _SCRIPTS]
 sys.path.insert(0, str(_SCRIPTS.parent))
 
-from datasets_cfg import DatasetError, load_dataset_from_config, parse_overrides  # noqa: E402
+from safetensors import SafetensorError  # noqa: E402
+
+from datasets_cfg import (  # noqa: E402
+    DatasetError,
+    load_config,
+    load_dataset_from_config,
+    parse_overrides,
+    resolve_config_path,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,7 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split", default="validation")
     p.add_argument("--out", help="report folder (default: MODEL/eval_SPLIT)")
     p.add_argument("--max-samples", type=int, help="evaluate only the first N rows")
-    p.add_argument("--examples", type=int, default=4, help="overlays / attention pictures for the first N rows")
+    p.add_argument("--examples", default="4",
+                   help="overlays / attention pictures: for the first N rows (a number), or for the rows listed by "
+                        "index or image id (e.g. 0,17,2008_000123)")
     p.add_argument("--cache-dir", help="Arrow cache folder")
     g = p.add_argument_group("segment")
     g.add_argument("--sliding-window", metavar="H,W", help="predict in windows of this size instead of whole images")
@@ -77,12 +87,50 @@ def _scales(text: str | None) -> tuple[float, ...] | None:
         raise DatasetError(f"--scales {text!r}: {err}") from None
 
 
+def chosen_examples(text: str, split) -> int | list[int]:
+    """``--examples``: a count of first rows, or a comma-separated list of row indices and image ids -> row indices."""
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    if len(items) == 1 and items[0].isdigit() and "," not in str(text):
+        return int(items[0])
+    ids = split["image_id"] if "image_id" in split.column_names else []
+    index_of = {str(image_id): i for i, image_id in enumerate(ids)}
+    rows = []
+    for item in items:
+        if item in index_of:
+            rows.append(index_of[item])
+        elif item.isdigit() and int(item) < split.num_rows:
+            rows.append(int(item))
+        else:
+            raise DatasetError(f"--examples: {item!r} is neither an image id nor a row index (0..{split.num_rows - 1}) "
+                               "of this split")
+    return rows
+
+
+def check_classes(model_classes: list[str], model_ignore: int, split, data_ignore: int) -> None:
+    """The model's class list and ``ignore_index`` must be the dataset's: the confusion matrix is indexed by
+    class id, so a model of other classes would be scored under the wrong names without any error."""
+    if "mask_classes" not in split.features:
+        raise DatasetError(f"this dataset has no 'mask' column (columns: {split.column_names}); it cannot score "
+                           "a segmenter")
+    data_classes = list(split.features["mask_classes"].feature.names)
+    if list(model_classes) != data_classes:
+        raise DatasetError(
+            f"the model's classes {list(model_classes)} are not the dataset's {data_classes}: evaluate a model "
+            "trained on this class list (same names, same order)"
+        )
+    if int(model_ignore) != int(data_ignore):
+        raise DatasetError(f"the model ignores label {model_ignore} but the dataset's ignore_index is {data_ignore}")
+
+
 def evaluate_segment(args, split, out: Path) -> dict:
     from models.segmentation_image_processor import SegmentationImageProcessor
     from models.segmentation_report import evaluate_segmentation
     from models.unet import UnetForSemanticSegmentation
 
     model = UnetForSemanticSegmentation.from_pretrained(args.model).eval()
+    config = model.config
+    check_classes([config.id2label[i] for i in range(config.num_labels)], config.semantic_loss_ignore_index, split,
+                  args.data_ignore_index)
     processor = SegmentationImageProcessor.from_pretrained(args.model)
     return evaluate_segmentation(
         model, processor, split, out,
@@ -118,6 +166,8 @@ def evaluate_caption_seg(args, split, out: Path) -> dict:
     if missing:
         raise DatasetError(f"--metrics {args.metrics} cannot run here: " + "; ".join(missing))
     pipe = pipeline("image-captioning-seg", model=args.model, trust_remote_code=True)
+    check_classes(pipe.model.config.class_names, pipe.model.config.segmenter.semantic_loss_ignore_index, split,
+                  args.data_ignore_index)
     return run_report(pipe, split, out, batch_size=args.batch_size, num_beams=args.num_beams,
                       segment_aware=False if args.no_segment_aware else None, metrics_mode=args.metrics,
                       examples=args.examples, max_samples=args.max_samples)
@@ -132,11 +182,17 @@ def main(argv=None) -> int:
     try:
         args.scales = _scales(args.scales)  # before loading anything: a typo fails at once
         overrides = parse_overrides(args.data_set)
-        data = load_dataset_from_config(args.dataset, root=args.root, splits=[args.split], cache_dir=args.cache_dir, **overrides)
+        data_config = load_config(resolve_config_path(args.dataset), **overrides)
+        args.data_ignore_index = data_config.ignore_index
+        data = load_dataset_from_config(data_config, root=args.root, splits=[args.split], cache_dir=args.cache_dir)
         run = {"segment": evaluate_segment, "caption": evaluate_caption, "caption-seg": evaluate_caption_seg}[args.task]
+        args.examples = chosen_examples(args.examples, data[args.split])
         metrics = run(args, data[args.split], out)
     except (DatasetError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except SafetensorError as err:  # not an OSError: safetensors raises its own type for a damaged file
+        print(f"error: --model {args.model}: its weights file is corrupt or truncated ({err})", file=sys.stderr)
         return 2
     shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and "/" not in k}
     print(json.dumps(shown, indent=2))

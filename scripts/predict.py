@@ -35,7 +35,7 @@ sys.path.insert(0, str(_SCRIPTS.parent))
 
 from scripts.one_line_errors import OneLineErrorParser, UsageError  # noqa: E402
 from datasets_cfg.folders import IMAGE_EXTENSIONS  # noqa: E402
-from pipelines.image_inputs import DEFAULT_MAX_IMAGE_PIXELS, load_image  # noqa: E402
+from pipelines.image_inputs import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLargeError, load_image  # noqa: E402
 
 TASK = "image-captioning-seg"
 
@@ -204,6 +204,9 @@ def main(argv=None) -> int:
             for path in paths[start:start + args.batch_size]:
                 try:
                     batch.append((path, load_image(path, args.max_image_pixels)))
+                except ImageTooLargeError as err:
+                    # The pipeline's message names its max_image_pixels= parameter; here the limit is a flag.
+                    skip(path, err.message("pass a larger --max-image-pixels (0: no limit)"))
                 except ValueError as err:
                     skip(path, _reason(err, path))
             for path, image, result in predict(batch) if batch else []:

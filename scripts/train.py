@@ -33,6 +33,7 @@ sys.path.insert(0, str(_SCRIPTS.parent))
 import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 from accelerate.logging import get_logger  # noqa: E402
+from safetensors import SafetensorError  # noqa: E402
 from accelerate.utils import (  # noqa: E402
     DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration, set_seed,
 )
@@ -43,10 +44,12 @@ from transformers import get_scheduler  # noqa: E402
 from datasets_cfg import (  # noqa: E402
     DatasetError, load_config, load_dataset_from_config, parse_overrides, resolve_config_path,
 )
+from models.imagenet_weights import MissingWeightsPackage  # noqa: E402
 from models.task import TASKS  # noqa: E402
 from models.training_curves import plot_training_curves  # noqa: E402
 
 logger = get_logger("train")
+MODEL_CONFIG_FILE = "model_config.json"  # saved next to each checkpoint's state, compared by --resume
 
 
 def import_tasks(extra: list[str] = ()) -> None:
@@ -154,11 +157,59 @@ def find_checkpoint(output_dir: Path, resume: str) -> Path:
     return found[-1]
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int) -> None:
+def model_config_of(accelerator: Accelerator, model) -> dict | None:
+    """The model's configuration as JSON would store it (None for a model without a transformers config)."""
+    config = getattr(accelerator.unwrap_model(model), "config", None)
+    return json.loads(config.to_json_string(use_diff=False)) if hasattr(config, "to_json_string") else None
+
+
+def config_differences(saved, current, prefix: str = "") -> list[str]:
+    """``key: saved -> current`` for every setting that differs, nested configs (encoder, decoder) flattened."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out = []
+        for key in sorted(set(saved) | set(current)):
+            if key.startswith("_") or key in ("transformers_version", "dtype", "torch_dtype"):
+                continue  # bookkeeping that differs between equal models
+            out += config_differences(saved.get(key), current.get(key), f"{prefix}{key}.")
+        return out
+    return [] if saved == current else [f"{prefix[:-1]}: {saved!r} -> {current!r}"]
+
+
+def load_checkpoint(accelerator: Accelerator, ckpt: Path, model) -> None:
+    """``accelerator.load_state`` with clear errors for a checkpoint of another model or a damaged one."""
+    saved_path, current = ckpt / MODEL_CONFIG_FILE, model_config_of(accelerator, model)
+    if saved_path.is_file() and current is not None:
+        try:
+            saved = json.loads(saved_path.read_text())
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"error: --resume {ckpt}: unreadable {MODEL_CONFIG_FILE} ({err})") from None
+        diffs = config_differences(saved, current)
+        if diffs:
+            # Sizes that differ would fail inside load_state; equal sizes with other classes or words would not.
+            raise SystemExit(
+                f"error: --resume {ckpt}: the checkpoint is of a different model than these options and data build "
+                f"({'; '.join(diffs[:8])}{'; ...' if len(diffs) > 8 else ''}). Resume with the options and dataset "
+                "it was trained with, or train into a new --output-dir"
+            )
+    try:
+        accelerator.load_state(str(ckpt))
+    except (OSError, RuntimeError, ValueError, KeyError, SafetensorError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SystemExit(
+            f"error: --resume {ckpt}: cannot load this checkpoint ({type(err).__name__}: {first_line[:300]}). "
+            "It is incomplete or corrupt, or was saved by a different model; pick another step under checkpoints/ "
+            "or train into a new --output-dir"
+        ) from None
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int, model=None) -> None:
     folder = output_dir / "checkpoints" / f"step_{step}"
     if folder.is_dir():  # already saved at this step (e.g. --checkpoint-every fell on the last step)
         return
     accelerator.save_state(str(folder))  # model, optimizer, scheduler, RNG, sampler and LoopState; safetensors
+    config = model_config_of(accelerator, model) if model is not None else None
+    if accelerator.is_main_process and config is not None:
+        (folder / MODEL_CONFIG_FILE).write_text(json.dumps(config, indent=2))  # what --resume checks against
     if accelerator.is_main_process:
         found = sorted((output_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
         for old in found[: max(len(found) - keep, 0)]:
@@ -221,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         task = TASKS[args.task](args, data, data_config)
         model = task.build_model()
         train_ds, eval_ds = task.train_dataset(), task.eval_dataset()
-    except (DatasetError, ValueError) as err:
+    except (DatasetError, ValueError, MissingWeightsPackage) as err:
         accelerator.print(f"error: {err}")
         return 2
     train_dl = DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, collate_fn=task.collate,
@@ -246,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.resume:
         ckpt = find_checkpoint(output_dir, args.resume)
-        accelerator.load_state(str(ckpt))
+        load_checkpoint(accelerator, ckpt, model)
         accelerator.print(f"resumed from {ckpt}: step {state.global_step}, epoch {state.epoch}, "
                           f"{state.batches_in_epoch} batches into it")
     if accelerator.is_main_process:
@@ -302,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                 running, running_n = {}, 0
                 window_start, window_steps = time.monotonic(), 0
             if args.checkpoint_every and state.global_step % args.checkpoint_every == 0:
-                save_checkpoint(accelerator, output_dir, state.global_step, args.keep_checkpoints)
+                save_checkpoint(accelerator, output_dir, state.global_step, args.keep_checkpoints, model)
                 if window_steps == 0:  # a save right after a log does not count as training time
                     window_start = time.monotonic()
             if state.global_step >= max_steps:
@@ -325,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         if last_epoch or state.epoch % args.eval_every_epochs == 0:
             validate(accelerator, task, model, eval_dl, state, output_dir, history_path, time.monotonic() - start)
         if not args.checkpoint_every or last_epoch:
-            save_checkpoint(accelerator, output_dir, state.global_step, args.keep_checkpoints)
+            save_checkpoint(accelerator, output_dir, state.global_step, args.keep_checkpoints, model)
         window_start, window_steps = time.monotonic(), 0  # the next window starts with the next epoch's steps
     bar.close()
 
@@ -373,7 +424,8 @@ def validate(accelerator, task, model, eval_dl, state: LoopState, output_dir: Pa
     accelerator.log(scalars, step=state.global_step)
     value = float(metrics[task.main_metric])
     better = state.best_metric is None or (value > state.best_metric if task.greater_is_better else value < state.best_metric)
-    summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float) and "/" not in k)
+    summary = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in metrics.items() if isinstance(v, (float, str)) and "/" not in k)
     accelerator.print(f"validation at step {state.global_step} (epoch {state.epoch}): {summary}")
     if better:
         state.best_metric, state.best_step = value, state.global_step

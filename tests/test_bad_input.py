@@ -75,6 +75,14 @@ def test_empty_caption_list(tmp_path, cache_dir):
         _load_captions(tmp_path, cache_dir)
 
 
+@pytest.mark.parametrize("blank", ["", "   \t "])
+def test_empty_or_whitespace_caption_is_named(tmp_path, cache_dir, blank):
+    write_photo(tmp_path / "a.png")
+    _captions_dir(tmp_path, [{"file_name": "a.png", "captions": ["a red circle", blank]}])
+    with pytest.raises(DatasetError, match=r"a\.png: an empty caption string"):
+        _load_captions(tmp_path, cache_dir)
+
+
 def test_missing_dataset_field(tmp_path, cache_dir):
     write_photo(tmp_path / "images" / "a.jpg")
     (tmp_path / "captions.json").write_text(json.dumps({"images": [{"file": "a.jpg", "split": "train"}]}))
@@ -132,6 +140,22 @@ def test_0_255_mask_explains_the_trap(tmp_path, cache_dir):
     write_mask(tmp_path / "masks" / "a.png", m)
     with pytest.raises(DatasetError, match="binary_mask: true"):
         load_dataset_from_config("image_mask_folders", root=tmp_path, cache_dir=cache_dir, ignore_index=100)
+
+
+def test_0_255_masks_under_ignore_index_255_are_refused(tmp_path, cache_dir):
+    # The shipped YAML's defaults (ignore_index 255, binary_mask false): each mask alone is valid, but the
+    # foreground of every one of them would be ignored and an all-background model would score mIoU 1.0.
+    for name in ("a", "b"):
+        m = np.zeros((24, 32), np.uint8)
+        m[5:, 5:] = 255
+        write_photo(tmp_path / "images" / f"{name}.png")
+        write_mask(tmp_path / "masks" / f"{name}.png", m)
+    with pytest.raises(DatasetError, match=r"none of the 2 masks .* holds any class but 0 .*binary_mask: true"):
+        load_dataset_from_config("image_mask_folders", root=tmp_path, cache_dir=cache_dir)
+    m = np.zeros((24, 32), np.uint8)
+    m[:3, :3] = 1  # one real foreground pixel in one mask: a valid dataset with some void labels
+    write_mask(tmp_path / "masks" / "a.png", m)
+    assert load_dataset_from_config("image_mask_folders", root=tmp_path, cache_dir=cache_dir)["train"].num_rows == 2
 
 
 def test_colour_mask_is_refused(tmp_path, cache_dir):

@@ -128,6 +128,23 @@ def test_a_batch_of_eight_gives_what_eight_single_calls_give(pipe):
     assert pipe([]) == []
 
 
+def test_the_shared_encoder_runs_once_per_batch_for_the_caption_the_segments_and_the_regions(pipe):
+    """Segmentation, caption, region captions and attention all come from one pass of the U-Net encoder: the
+    captioner does not run it a second time."""
+    encoder = pipe.model.segmenter.unet.encoder
+    batch_sizes = []  # the batch size of each encoder call
+    handle = encoder.register_forward_hook(lambda module, args, output: batch_sizes.append(args[0].shape[0]))
+    try:
+        outs = pipe(photos(2, sizes=((50, 70), (64, 64))), batch_size=2, **ALL)
+        assert batch_sizes == [2]  # one call for the batch of two; [2, 2] if the captioner re-encoded
+        assert len(outs) == 2 and all(o["caption"] and o["segments"] and "words" in o for o in outs)
+        batch_sizes.clear()
+        pipe(photos(2), batch_size=1, **ALL)
+        assert batch_sizes == [1, 1]  # unbatched: once per image
+    finally:
+        handle.remove()
+
+
 def test_region_captions_are_for_the_present_segments_but_background(pipe, model_parts):
     model, tokenizer, processor = model_parts
     for image in photos(4, sizes=((50, 70), (64, 64))):
@@ -250,6 +267,37 @@ def test_without_model_it_loads_the_demo_model_or_says_how_to_make_it(folder, tm
     default = pipeline(TASK, device="cpu")
     image = photos(1)[0]
     assert default(image)["caption"] == pipeline(TASK, model=str(folder), device="cpu")(image)["caption"]
+
+
+def test_the_no_model_error_says_where_it_looked_and_how_to_point_it_elsewhere(tmp_path, monkeypatch):
+    import pipelines.caption_seg_pipeline as module
+
+    # Not set: it looked in the make demo folder (here a missing one, whatever this checkout holds).
+    monkeypatch.delenv("CAPTIONSEG_DEFAULT_MODEL", raising=False)
+    monkeypatch.setattr(module, "DEFAULT_MODEL_DIR", tmp_path / "demo" / "caption_seg_model")
+    with pytest.raises(FileNotFoundError) as err:
+        pipeline(TASK, device="cpu")
+    message = str(err.value)
+    assert f"{tmp_path / 'demo' / 'caption_seg_model'} (where `make demo` puts it; CAPTIONSEG_DEFAULT_MODEL is not " \
+           "set)" in message
+    assert "CAPTIONSEG_DEFAULT_MODEL=x/caption_seg_model" in message and "model=" in message
+    monkeypatch.setenv("CAPTIONSEG_DEFAULT_MODEL", str(tmp_path / "elsewhere"))
+    with pytest.raises(FileNotFoundError, match="from CAPTIONSEG_DEFAULT_MODEL") as err:
+        pipeline(TASK, device="cpu")
+    assert str(tmp_path / "elsewhere") in str(err.value)
+
+
+def test_demo_prints_the_line_that_makes_its_model_the_default(folder, monkeypatch):
+    from pipelines.caption_seg_pipeline import DEFAULT_MODEL_DIR, default_model_dir
+    from scripts.demo import DEFAULT_MODEL_DIR as DEMO_DEFAULT, default_model_hint
+
+    monkeypatch.delenv("CAPTIONSEG_DEFAULT_MODEL", raising=False)
+    assert DEMO_DEFAULT == DEFAULT_MODEL_DIR and default_model_hint(DEFAULT_MODEL_DIR) is None
+    hint = default_model_hint(folder)
+    assert hint == f"export CAPTIONSEG_DEFAULT_MODEL={folder.resolve()}"
+    # The printed line, once run, is what the pipeline's default reads.
+    monkeypatch.setenv("CAPTIONSEG_DEFAULT_MODEL", hint.split("=", 1)[1])
+    assert default_model_dir() == folder.resolve() and default_model_hint(folder) is None
 
 
 @pytest.fixture(scope="module")

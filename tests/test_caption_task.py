@@ -5,6 +5,7 @@ import logging
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
@@ -134,7 +135,7 @@ def test_evaluate_generates_gathers_and_scores(data, caption_metrics):
     for key in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "distinct_captions", "top_caption_share",
                 "attribute_accuracy", "object_recall"):
         assert isinstance(metrics[key], float), key
-    assert 0 < metrics["distinct_captions"] <= 1 and "mode" not in metrics
+    assert 0 < metrics["distinct_captions"] <= 1 and metrics["metrics_mode"] == "fast"
 
 
 def test_collapse_to_one_caption_logs_a_warning(data, caption_metrics, caplog, monkeypatch):
@@ -214,3 +215,48 @@ def test_bad_use_raises_clear_errors(data):
             make_task(data, *flags)
     with pytest.raises(ValueError, match="--decoder must be one of"):
         make_task(data, "--decoder", "no/such-decoder-folder").build_model()
+
+
+def test_an_image_that_fails_to_decode_mid_training_is_skipped_and_counted(caplog):
+    """The data layer checks images when it builds a dataset; one that breaks later (a dataset built elsewhere, a
+    changed file) costs its row, not the run."""
+    import io
+
+    import datasets
+    from PIL import Image
+
+    from models.caption_task import CaptionTrainDataset
+
+    def png(seed):
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(seed).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(buf, "PNG")
+        return buf.getvalue()
+
+    rows = [png(0), b"not an image", png(2)[:1500], png(3)]  # row 2 is a truncated PNG: it fails only at load
+    images = datasets.Dataset.from_dict({"image": [{"bytes": b, "path": None} for b in rows]},
+                                        features=datasets.Features({"image": datasets.Image()}))
+    train = CaptionTrainDataset(images, [[[1, 5, 2]], [[1, 6, 2]], [[1, 7, 2]], [[1, 8, 2]]])
+    with caplog.at_level("WARNING"):
+        got = [train[i]["row"] for i in range(len(train))]
+    assert got == [0, 3, 3, 3]  # rows 1 and 2 give their places to the next row that decodes
+    assert train.decode_failures.count == 2
+    assert "training image 2 failed to decode" in caplog.text and "2 skipped so far" in caplog.text
+    assert all(train[i]["image"].size == (32, 32) for i in range(len(train)))
+
+
+def test_blank_captions_are_dropped_and_long_ones_cut_with_a_count(caplog):
+    from models.caption_task import encode_caption_lists
+    from models.caption_tokenizer import train_caption_tokenizer
+
+    tok = train_caption_tokenizer([["a red circle", "a big blue star left of a small green cross"]])
+    start, eos = tok.bos_token_id, tok.eos_token_id
+    with caplog.at_level("WARNING"):
+        ids = encode_caption_lists(tok, [["a red circle", "  "], ["a big blue star left of a small green cross"], []],
+                                   max_words=4, start_id=start, eos_id=eos)
+    assert [len(caps) for caps in ids] == [1, 1, 0]
+    assert ids[0][0] == [start, *tok("a red circle", add_special_tokens=False).input_ids, eos]
+    assert len(ids[1][0]) == 4 + 2 and ids[1][0][-1] == eos  # cut to max_words, <eos> kept
+    assert "1 of 2 train captions are longer than 4 tokens and were cut" in caplog.text
+    assert "1 train images have no caption and are left out" in caplog.text
+    with pytest.raises(ValueError, match="no captions to train on"):
+        encode_caption_lists(tok, [[" "]], max_words=4, start_id=start, eos_id=eos)

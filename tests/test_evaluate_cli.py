@@ -64,3 +64,35 @@ def test_errors_are_one_line(seg_folder, tmp_path, cache_dir, capsys):
     for bad in ("0.75,big", "0,1", ","):
         assert main(["--task", "segment", "--model", str(seg_folder), *SHAPES, "--scales", bad]) == 2
         assert "--scales" in capsys.readouterr().err
+
+
+def test_a_model_of_other_classes_or_damaged_weights_is_refused(seg_folder, tmp_path, cache_dir, capsys):
+    # Same number of classes, other names: the confusion matrix would be filled under the wrong names.
+    config = json.loads((seg_folder / "config.json").read_text())
+    config["id2label"]["1"] = "hexagon"
+    (seg_folder / "config.json").write_text(json.dumps(config))
+    assert main(["--task", "segment", "--model", str(seg_folder), *SHAPES, "--cache-dir", cache_dir]) == 2
+    assert "are not the dataset's" in capsys.readouterr().err
+    config["id2label"]["1"] = "circle"
+    (seg_folder / "config.json").write_text(json.dumps(config))
+    assert main(["--task", "segment", "--model", str(seg_folder), *SHAPES, "--cache-dir", cache_dir,
+                 "--data-set", "ignore_index=250"]) == 2
+    assert "the dataset's ignore_index is 250" in capsys.readouterr().err
+    weights = seg_folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    assert main(["--task", "segment", "--model", str(seg_folder), *SHAPES, "--cache-dir", cache_dir]) == 2
+    assert "corrupt or truncated" in capsys.readouterr().err
+    weights.unlink()
+    assert main(["--task", "segment", "--model", str(seg_folder), *SHAPES, "--cache-dir", cache_dir]) == 2
+    assert "model.safetensors" in capsys.readouterr().err
+
+
+def test_examples_by_image_id_or_row(seg_folder, tmp_path, cache_dir, capsys):
+    out = tmp_path / "chosen"
+    assert main(["--task", "segment", "--model", str(seg_folder), *SHAPES, "--cache-dir", cache_dir,
+                 "--out", str(out), "--examples", "validation_000002,0"]) == 0
+    assert sorted(p.name for p in (out / "overlays").glob("*.png")) == ["validation_000000.png", "validation_000002.png"]
+    capsys.readouterr()
+    assert main(["--task", "segment", "--model", str(seg_folder), *SHAPES, "--cache-dir", cache_dir,
+                 "--out", str(out), "--examples", "validation_000009"]) == 2
+    assert "'validation_000009' is neither an image id nor a row index (0..2)" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from models.prediction_overlay import MIN_FIGURE_WIDTH, class_areas, prediction_
 from models.segmentation_report import _font, _text_width, class_palette
 from scripts.predict import main
 from tests.image_factory import photo_array
-from tests.image_factory import png_header_only
+from tests.image_factory import png_header_only, write_photo
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = ["scene_0.png", "scene_1.png", "scene_2.png"]
@@ -232,6 +232,51 @@ def test_all_bad_exits_1_and_shared_stems_get_distinct_overlays(model_folder, im
     assert sorted(p.name for p in (out / "overlays").iterdir()) == [f"{stem}-2.png", f"{stem}.png"]
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [Path(r["overlay"]).name for r in records] == [f"{stem}.png", f"{stem}-2.png"]
+
+
+def test_an_image_over_the_limit_is_skipped_with_the_flag_that_raises_it(model_folder, image_folder, tmp_path,
+                                                                         capsys):
+    scene = image_folder / GOOD[0]
+    assert main([str(scene), "--model", str(model_folder), "--out", str(tmp_path / "out"),
+                 "--max-image-pixels", "100"]) == 1
+    err = capsys.readouterr().err
+    # On the command line the limit is a flag, not the pipeline's max_image_pixels= parameter.
+    assert f"{scene}: image is" in err and "over the limit" in err and "pass a larger --max-image-pixels" in err
+    assert "max_image_pixels=" not in err
+
+
+def test_one_pixel_rgba_grayscale_and_16_bit_images_are_predicted_with_the_others(model_folder, tmp_path, capsys):
+    """load_image turns every one of these into 8-bit RGB: each gets its record and its overlay, none is skipped,
+    and in one batch with a normal image (different sizes padded together)."""
+    folder = tmp_path / "modes"
+    folder.mkdir()
+    Image.fromarray(generate_scene(0, image_size=64).image).save(folder / "scene.png")
+    sizes = {"scene.png": (64, 64), "tiny.png": (1, 1), "rgba.png": (40, 30), "gray.png": (40, 30),
+             "deep.png": (40, 30)}
+    for name, mode in [("tiny.png", "RGB"), ("rgba.png", "RGBA"), ("gray.png", "L"), ("deep.png", "I;16")]:
+        write_photo(folder / name, *sizes[name], mode=mode)
+        with Image.open(folder / name) as written:
+            assert (written.mode, written.size) == (mode, sizes[name])
+    out = tmp_path / "out"
+    status = main([str(folder), "--model", str(model_folder), "--out", str(out), "--batch-size", "5",
+                   "--no-region-captions", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert "5 of 5 images predicted, 0 skipped" in captured.out
+    assert "skipped" not in captured.err and "Traceback" not in captured.err
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(Path(r["image"]).name for r in records) == sorted(sizes)
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == sorted(sizes)
+    for record in records:
+        width, height = sizes[Path(record["image"]).name]
+        assert isinstance(record["caption"], str)
+        assert sum(c["area"] for c in record["classes"]) == pytest.approx(1.0)
+        assert {c["label"] for c in record["classes"]} <= _id2label(model_folder)
+        with Image.open(record["overlay"]) as overlay:
+            assert overlay.format == "PNG" and overlay.mode == "RGB"
+            assert overlay.width >= 2 * width and overlay.height > height
+    tiny = next(r for r in records if r["image"].endswith("tiny.png"))
+    assert [c["area"] for c in tiny["classes"]] == [1.0]  # one pixel: one class, all of the image
 
 
 def test_usage_errors_are_one_line_with_status_2(model_folder, image_folder, tmp_path, capsys):

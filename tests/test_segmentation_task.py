@@ -210,3 +210,10 @@ def test_dataset_without_masks_is_refused(shapes):
     captions_only = data.remove_columns(["mask", "mask_classes"])
     with pytest.raises(ValueError, match="no segmentation masks"):
         SegmentationTask(make_args(), captions_only, config)
+
+
+@pytest.mark.parametrize("name", ["tu-no_such_net", "no_such_smp_encoder"])
+def test_unknown_encoder_is_a_clear_error(shapes, name):
+    task = make_task(shapes, "--encoder", name)  # the later flag wins over TINY's
+    with pytest.raises(ValueError, match=f"cannot build the U-Net with --encoder '{name}'"):
+        task.build_model()

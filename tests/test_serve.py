@@ -24,6 +24,7 @@ from PIL import Image
 from models.prediction_overlay import class_areas, prediction_overlay
 from pipelines.image_inputs import load_image
 from tests.caption_seg_factory import save_tiny_caption_seg_model
+from tests.image_factory import write_photo
 from tests.conftest import IN_CI, REPO
 
 # gradio's queue builds its timing statistics with pandas options that pandas 3 deprecates: its noise, not ours.
@@ -251,6 +252,99 @@ def test_fifty_concurrent_requests_all_complete(server, pipe, files):
         # Each answer is its own image's: no request got another's result.
         assert caption and caption == expected[i % 3]["caption"]
         assert areas == expected[i % 3]["areas"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the /caption event, called directly (no server)
+
+
+def _caption_event(demo):
+    from pipelines.web_app import API_NAME
+
+    return next(f.fn for f in demo.fns.values() if f.api_name == API_NAME)
+
+
+def test_the_servers_pixel_limit_is_the_pipelines_and_refusals_name_the_upload(model_dir, files):
+    import gradio as gr
+    from transformers import pipeline
+
+    from pipelines.image_inputs import ImageTooLargeError, describe_input
+    from pipelines.web_app import build_app
+
+    # A pipeline whose own limit (1000 pixels) is below the 128 x 128 scene: the server's limit must decide.
+    strict = pipeline("image-captioning-seg", model=str(model_dir), device="cpu", max_image_pixels=1000)
+    upload = {"path": str(files["scenes"][0]), "orig_name": "my photo.png"}
+    assert _caption_event(build_app(strict, max_image_pixels=200 * 200))(upload, 1, False, 0.5)[0]
+    assert _caption_event(build_app(strict, max_image_pixels=None))(upload, 1, False, 0.5)[0]
+    with pytest.raises(gr.Error) as err:
+        _caption_event(build_app(strict, max_image_pixels=100 * 100))(upload, 1, False, 0.5)
+    assert err.value.message.startswith("my photo.png: the image is 128x128 pixels")
+
+    class Refusing:
+        """A pipeline that refuses the image itself, naming it as pipelines do: by its file name or its type."""
+        model = strict.model
+
+        def __init__(self, error):
+            self.error = error
+
+        def __call__(self, image, **kwargs):
+            raise self.error(image)
+
+    too_large = lambda image: ImageTooLargeError(describe_input(image), image.size, 1000)  # noqa: E731
+    corrupt = lambda image: ValueError(f"{describe_input(image)}: corrupt or truncated image data")  # noqa: E731
+    for error, expected in [(too_large, "my photo.png: the image is 128x128 pixels (0.0 MP); this server accepts "
+                                        "up to 0.0 MP. Please upload a smaller image."),
+                            (corrupt, "my photo.png: corrupt or truncated image data")]:
+        with pytest.raises(gr.Error) as err:
+            _caption_event(build_app(Refusing(error)))(upload, 1, False, 0.5)
+        assert err.value.message == expected  # not the cache path, no max_image_pixels= advice
+
+
+def _cache_copy(tmp_path: Path, data: bytes) -> Path:
+    """``data`` where gradio keeps an upload: a hashed folder and a name that is not the user's."""
+    path = tmp_path / "gradio" / "3f9c0d1e7a" / "image.png"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_a_truncated_or_corrupt_upload_is_a_message_naming_the_users_file(pipe, files, tmp_path):
+    import gradio as gr
+
+    from pipelines.web_app import build_app
+
+    caption = _caption_event(build_app(pipe))
+    whole = files["scenes"][0].read_bytes()
+    corrupt = bytearray(whole)
+    start = whole.index(b"IDAT") + 20
+    corrupt[start:start + 40] = b"\xff" * 40  # the header reads, the pixel data does not decode
+    for name, data in [("cut.png", whole[: len(whole) // 2]), ("garbled.png", bytes(corrupt))]:
+        path = _cache_copy(tmp_path / name, data)
+        with pytest.raises(gr.Error) as err:
+            caption({"path": str(path), "orig_name": name}, 1, True, 0.5)
+        message = err.value.message
+        assert message.startswith(f"{name}: corrupt or truncated image data"), message
+        assert str(path.parent) not in message and "3f9c0d1e7a" not in message and "image.png" not in message
+    # The app still answers the next upload.
+    assert caption({"path": str(files["scenes"][1]), "orig_name": "scene.png"}, 1, True, 0.5)[0]
+
+
+@pytest.mark.parametrize("mode, size", [("RGB", (1, 1)), ("RGBA", (40, 30)), ("L", (40, 30)), ("I;16", (40, 30))])
+def test_one_pixel_rgba_grayscale_and_16_bit_uploads_get_a_caption_and_an_overlay(pipe, tmp_path, mode, size):
+    from pipelines.web_app import build_app
+
+    path = write_photo(tmp_path / "upload.png", *size, mode=mode)
+    with Image.open(path) as written:
+        assert (written.mode, written.size) == (mode, size)
+    caption, overlay, areas, regions, notes, state = _caption_event(build_app(pipe))(
+        {"path": str(path), "orig_name": "photo.png"}, 1, True, 0.5)
+    assert isinstance(caption, str) and caption
+    assert isinstance(overlay, Image.Image) and overlay.mode == "RGB"
+    assert overlay.width >= 2 * size[0] and overlay.height > size[1]
+    assert areas and sum(row[1] for row in areas) == pytest.approx(100, abs=0.05)
+    assert state["image"].mode == "RGB" and state["image"].size == size
+    assert state["class_map"].shape == (size[1], size[0])
+    assert isinstance(notes, str) and all(len(row) == 2 for row in regions)
 
 
 # --------------------------------------------------------------------------------------------------------------------

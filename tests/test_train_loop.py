@@ -136,3 +136,31 @@ def test_two_processes_on_cpu(tmp_path, cache_dir, task):
     evals = [h[metric] for h in history if metric in h]
     assert len(evals) == 2 and all(e >= 0 for e in evals)
     assert (out / "best" / "model.safetensors").is_file() and (out / "best" / "config.json").is_file()
+
+
+def test_resume_refuses_another_model_or_a_damaged_checkpoint(tmp_path, cache_dir):
+    """--resume compares the checkpoint's model configuration with the one these options build, and turns a
+    weights file that does not load into one error line, not a traceback."""
+    out = tmp_path / "seg"
+    args = [*TWO_PROCESS_TASKS["segment"][0], "--dataset", "shapes", "--cache-dir", cache_dir,
+            "--data-set", "num_train=8", "--data-set", "num_validation=4", "--data-set", "num_test=0",
+            "--data-set", "image_size=32", "--batch-size", "4", "--epochs", "1", "--no-progress",
+            "--output-dir", str(out), "--threads", "1"]
+    assert main(args) == 0
+    ckpt = out / "checkpoints" / "step_2"
+    assert (ckpt / "model_config.json").is_file()
+    # Another decoder width: the sizes differ, which load_state alone would report as a tensor size mismatch.
+    other = [a if a != "16,16,8" else "16,8,8" for a in args]
+    with pytest.raises(SystemExit, match=r"different model .*decoder_channels: \[16, 16, 8\] -> \[16, 8, 8\]"):
+        main(other + ["--resume", "latest"])
+    # The same sizes with other class names (a checkpoint of another dataset): nothing would fail without the check.
+    saved = json.loads((ckpt / "model_config.json").read_text())
+    saved["id2label"]["1"] = "hexagon"
+    (ckpt / "model_config.json").write_text(json.dumps(saved))
+    with pytest.raises(SystemExit, match=r"id2label\.1: 'hexagon' -> 'circle'"):
+        main(args + ["--resume", "latest"])
+    (ckpt / "model_config.json").unlink()  # a checkpoint from before the check: load_state's own errors remain
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(SystemExit, match=r"cannot load this checkpoint .*corrupt"):
+        main(args + ["--resume", "latest"])
