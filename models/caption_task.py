@@ -158,6 +158,9 @@ class CaptionTask(TrainingTask):
                        help="random: one random caption per image per epoch; all: every (image, caption) pair")
         p.add_argument("--caption-metrics", choices=["fast", "official"], default="fast",
                        help="how metrics.caption_metrics scores the validation captions")
+        p.add_argument("--init-from", default=None, metavar="FOLDER",
+                       help="start from a saved captioner folder (model, tokenizer and image processor; its model "
+                            "options win over the flags), e.g. to fine-tune the encoder of a frozen-encoder run")
 
     def __init__(self, args: argparse.Namespace, data, data_config):
         super().__init__(args, data, data_config)
@@ -203,7 +206,10 @@ class CaptionTask(TrainingTask):
         init_from = getattr(a, "init_from", None)
         max_length = a.max_caption_len + 1  # generated tokens after the start token, <eos> included
         if init_from:
-            model, tokenizer, processor = load_captioner(init_from)
+            try:
+                model, tokenizer, processor = load_captioner(init_from)
+            except (OSError, ValueError) as err:
+                raise ValueError(f"--init-from {init_from}: not a loadable captioner folder ({err})") from err
             set_generation_defaults(model, tokenizer, max_length=max_length, num_beams=a.num_beams)
         else:
             tokenizer = self._tokenizer()

@@ -260,3 +260,19 @@ def test_blank_captions_are_dropped_and_long_ones_cut_with_a_count(caplog):
     assert "1 train images have no caption and are left out" in caplog.text
     with pytest.raises(ValueError, match="no captions to train on"):
         encode_caption_lists(tok, [[" "]], max_words=4, start_id=start, eos_id=eos)
+
+
+def test_init_from_a_saved_captioner_then_fine_tune_its_last_stage(data, tmp_path):
+    frozen = make_task(data, "--freeze-encoder")
+    model = frozen.build_model()
+    frozen.save_pretrained(model, str(tmp_path / "frozen"))
+    task = make_task(data, "--init-from", str(tmp_path / "frozen"), "--train-encoder-stages", "1", "--encoder-lr", "1e-4")
+    again = task.build_model()
+    assert task.tokenizer.get_vocab() == frozen.tokenizer.get_vocab()
+    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), name
+    trainable = [p for p in again.encoder.parameters() if p.requires_grad]
+    assert 0 < len(trainable) < len(list(again.encoder.parameters()))  # the last stage only
+    assert [g["lr"] for g in task.param_groups(again)] == [3e-3, 1e-4]
+    with pytest.raises(ValueError, match="not a loadable captioner folder"):
+        make_task(data, "--init-from", str(tmp_path / "nowhere")).build_model()
