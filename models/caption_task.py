@@ -39,8 +39,8 @@ from transformers import AutoTokenizer, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
 from .caption_tokenizer import train_caption_tokenizer
-from .decode_failures import DecodeFailures, decoded
 from .captioner import DECODER_KINDS, build_captioner, load_captioner, save_captioner, set_generation_defaults
+from .decode_failures import DecodeFailures, decoded
 from .encoder_feature_cache import cached_encoder_features
 from .lstm_decoder import LSTMDecoderForCausalLM, doubly_stochastic_penalty
 from .region_encoders import set_encoder_trainable

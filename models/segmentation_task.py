@@ -26,6 +26,7 @@ from metrics.segmentation_metrics.segmentation_metrics import (
     scores_from_confusion,
 )
 
+from .decode_failures import DecodeFailures
 from .segmentation_augment import (
     PRESETS,
     AugmentConfig,
@@ -34,7 +35,6 @@ from .segmentation_augment import (
     load_augment_config,
     train_transform,
 )
-from .decode_failures import DecodeFailures
 from .segmentation_image_processor import SegmentationImageProcessor
 from .segmentation_losses import build_loss
 from .task import TrainingTask, register_task

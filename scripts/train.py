@@ -33,10 +33,10 @@ sys.path.insert(0, str(_SCRIPTS.parent))
 import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 from accelerate.logging import get_logger  # noqa: E402
-from safetensors import SafetensorError  # noqa: E402
 from accelerate.utils import (  # noqa: E402
     DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration, set_seed,
 )
+from safetensors import SafetensorError  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 from transformers import get_scheduler  # noqa: E402
