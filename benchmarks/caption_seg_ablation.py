@@ -11,11 +11,14 @@ best checkpoint on the 200-image test split with ``scripts/evaluate.py --task ca
 attribute accuracy (every object's shape and colour named, nothing false; ``shapes_attribute_accuracy``), the rate
 of correct relations, and mIoU. Mean and spread (max - min) over the seeds.
 
-Part 2 times, on the same 48 test images (``--timing-images``) and with the same caption length forced (``min_new_tokens`` =
-``max_new_tokens``, so that neither side wins by stopping early), one ``pipeline("image-captioning-seg")`` call
-per image against a ``pipeline("image-captioning")`` call plus a ``pipeline("semantic-segmentation")`` call with
+Part 2 times, on the same 48 test images (``--timing-images``) and with the same caption length forced
+(``min_new_tokens`` = ``max_new_tokens``, so that neither side wins by stopping early), ``pipeline
+("image-captioning-seg")`` against ``pipeline("image-captioning")`` plus ``pipeline("semantic-segmentation")`` with
 models of the same architecture: the same EfficientNet-Lite0 U-Net, and a captioner whose CNN encoder is the same
 EfficientNet-Lite0 with the same LSTM decoder. The combined model runs the encoder once; the pair runs it twice.
+It does so at each image side of ``--timing-sizes`` (models built for that side, images resized to it) and each
+pipeline ``batch_size`` of ``--timing-batch-sizes``, since the encoder's share of the work, which is all that
+sharing it can save, grows with the image and shrinks with per-call overheads.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ def ablation(args) -> dict:
 
 
 def timing(args) -> dict:
+    """Seconds per image of the three pipelines at each ``--timing-sizes`` side and ``--timing-batch-sizes``."""
     import torch
     from transformers import pipeline
 
@@ -84,43 +88,54 @@ def timing(args) -> dict:
 
     torch.set_num_threads(args.threads)
     split = load_dataset_from_config("shapes", splits=["test"], num_test=args.timing_images)["test"]
-    images = [image.convert("RGB") for image in split["image"]]
     tokenizer = train_caption_tokenizer(split["captions"])
     options = {"embedding_size": 256, "hidden_size": 512, "attention_size": 256}
     tokens = args.caption_tokens
-    work = Path(tempfile.mkdtemp(prefix="capseg_timing_"))
-    combined, processor = build_caption_seg_model(tokenizer, list(CLASS_NAMES), decoder_options=options)
-    save_caption_seg(combined, tokenizer, processor, work / "combined")
-    save_captioner(*_captioner(build_captioner, tokenizer, options), work / "captioner")
-    combined.segmenter.save_pretrained(work / "unet")
-    SegmentationImageProcessor.for_model(combined.segmenter.config).save_pretrained(work / "unet")
+    forced = {"num_beams": 3, "max_new_tokens": tokens, "min_new_tokens": tokens}
+    rows = []
+    for variant, side in [(v, side) for v in args.timing_encoders for side in args.timing_sizes]:
+        # Every model is built for this side and every image is this size, so the three pipelines do the same work
+        # per image as far as the encoder goes: the pair runs it twice, the combined model once.
+        images = [image.convert("RGB").resize((side, side)) for image in split["image"]]
+        work = Path(tempfile.mkdtemp(prefix="capseg_timing_"))
+        combined, processor = build_caption_seg_model(tokenizer, list(CLASS_NAMES), decoder_options=options,
+                                                      image_size=side, encoder=f"tu-tf_efficientnet_{variant}")
+        save_caption_seg(combined, tokenizer, processor, work / "combined")
+        save_captioner(*_captioner(build_captioner, tokenizer, options, side, variant), work / "captioner")
+        combined.segmenter.save_pretrained(work / "unet")
+        SegmentationImageProcessor.for_model(combined.segmenter.config, do_resize=True,
+                                             size={"height": side, "width": side}).save_pretrained(work / "unet")
+        pipes = {
+            "combined": pipeline("image-captioning-seg", model=str(work / "combined")),
+            "captioning": pipeline("image-captioning", model=str(work / "captioner")),
+            "segmentation": pipeline("semantic-segmentation", model=str(work / "unet")),
+        }
+        kwargs = {"combined": {"generate_kwargs": forced}, "captioning": {"generate_kwargs": forced},
+                  "segmentation": {}}
+        for batch_size in args.timing_batch_sizes:
+            for name, pipe in pipes.items():
+                pipe(images[:batch_size], batch_size=batch_size, **kwargs[name])  # warm-up
+            # The fastest of --timing-repeats passes, taken in turn, so that a burst of load on a shared machine
+            # slows one pass rather than one pipeline.
+            seconds = dict.fromkeys(pipes, float("inf"))
+            for _ in range(args.timing_repeats):
+                for name, pipe in pipes.items():
+                    start = time.perf_counter()
+                    pipe(images, batch_size=batch_size, **kwargs[name])
+                    seconds[name] = min(seconds[name], (time.perf_counter() - start) / len(images))
+            two = seconds["captioning"] + seconds["segmentation"]
+            rows.append({"encoder": f"tf_efficientnet_{variant}", "image_size": side, "batch_size": batch_size,
+                         "seconds_per_image": seconds, "two_pipelines_seconds_per_image": two,
+                         "speedup": two / seconds["combined"]})
+            print(f"  {variant}, {side} px, batch {batch_size}: "
+                  + ", ".join(f"{k} {v:.3f} s" for k, v in seconds.items())
+                  + f"; speed-up {rows[-1]['speedup']:.2f}x", flush=True)
+    return {"images": len(split), "caption_tokens": tokens, "num_beams": 3, "rows": rows}
 
-    generate = {"num_beams": 3, "max_new_tokens": tokens}
-    pipes = {
-        "combined": pipeline("image-captioning-seg", model=str(work / "combined")),
-        "captioning": pipeline("image-captioning", model=str(work / "captioner")),
-        "segmentation": pipeline("semantic-segmentation", model=str(work / "unet")),
-    }
-    forced = {**generate, "min_new_tokens": tokens}
-    calls = {
-        "combined": lambda im: pipes["combined"](im, generate_kwargs=forced),
-        "captioning": lambda im: pipes["captioning"](im, generate_kwargs=forced),
-        "segmentation": lambda im: pipes["segmentation"](im),
-    }
-    seconds = {}
-    for name, call in calls.items():
-        call(images[0])  # warm-up
-        start = time.perf_counter()
-        for image in images:
-            call(image)
-        seconds[name] = (time.perf_counter() - start) / len(images)
-    two = seconds["captioning"] + seconds["segmentation"]
-    return {"images": len(images), "caption_tokens": tokens, "seconds_per_image": seconds,
-            "two_pipelines_seconds_per_image": two, "speedup": two / seconds["combined"]}
 
-
-def _captioner(build_captioner, tokenizer, options):
-    model, processor = build_captioner(tokenizer, encoder="tf_efficientnet_lite0", decoder="lstm", image_size=128,
+def _captioner(build_captioner, tokenizer, options, image_size, variant="lite0"):
+    model, processor = build_captioner(tokenizer, encoder=f"tf_efficientnet_{variant}", decoder="lstm",
+                                       image_size=image_size,
                                        encoder_options={"feature_stage": 3, "hidden_size": 256},
                                        decoder_options=options)
     return model, tokenizer, processor
@@ -134,6 +149,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--caption-tokens", type=int, default=12)
     p.add_argument("--timing-images", type=int, default=48)
+    p.add_argument("--timing-sizes", type=int, nargs="+", default=[128, 256, 384],
+                   help="image sides to time the pipelines at (the models are built for each)")
+    p.add_argument("--timing-batch-sizes", type=int, nargs="+", default=[1, 8],
+                   help="pipeline batch_size values to time")
+    p.add_argument("--timing-encoders", nargs="+", choices=["lite0", "lite1", "lite2"], default=["lite0"],
+                   help="EfficientNet-Lite encoders (random weights) of the timed models")
+    p.add_argument("--timing-repeats", type=int, default=3, help="timed passes per pipeline; the fastest counts")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["segment-aware", "plain"])
     p.add_argument("--skip-training", action="store_true", help="only the inference timing")
     p.add_argument("--skip-timing", action="store_true", help="only the ablation")
@@ -156,11 +178,12 @@ def main() -> None:
         write_results(Path(args.out), result)
         return
     result["timing"] = t = timing(args)
-    print("\n| pipeline | seconds per image |\n|---|---|")
-    for name, s in t["seconds_per_image"].items():
-        print(f"| {name} | {s:.3f} |")
-    print(f"| captioning + segmentation | {t['two_pipelines_seconds_per_image']:.3f} |")
-    print(f"\ncombined vs the two pipelines: {t['speedup']:.2f}x faster (target >= 1.5x)")
+    print("\n| encoder | image side | batch | combined s/image | captioning | segmentation | captioning + segmentation "
+          "| speed-up (target >= 1.5x) |\n|---|---|---|---|---|---|---|---|")
+    for r in t["rows"]:
+        s = r["seconds_per_image"]
+        print(f"| {r['encoder']} | {r['image_size']} | {r['batch_size']} | {s['combined']:.3f} | {s['captioning']:.3f} | "
+              f"{s['segmentation']:.3f} | {r['two_pipelines_seconds_per_image']:.3f} | {r['speedup']:.2f}x |")
     write_results(Path(args.out), result)
 
 

@@ -45,6 +45,7 @@ from transformers import AutoConfig, AutoModel, GenerationConfig, PreTrainedConf
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from .class_ids import class_ids
 from .lstm_decoder import LSTMDecoderConfig, LSTMDecoderForCausalLM, doubly_stochastic_penalty
 from .region_encoders import sincos_position_embeddings
 from .segment_tokens import SegmentTokens, instance_segments
@@ -303,7 +304,7 @@ class CaptionSegModel(CaptionSegPreTrainedModel):
                                       region_grid=(rows, cols))
         num_classes = segmentation_logits.shape[1]
         use_truth = self.training and segmentation_labels is not None and self.config.train_segments_from == "ground_truth"
-        class_map = segmentation_labels if use_truth else segmentation_logits.detach().argmax(dim=1)
+        class_map = segmentation_labels if use_truth else class_ids(segmentation_logits.detach(), dim=1)
         if self.config.segment_units == "instance":
             min_pixels = max(1, int(self.config.segment_min_area * class_map.shape[-2] * class_map.shape[-1]))
             segments, segment_classes = instance_segments(class_map, num_classes, self.config.max_segments, min_pixels)

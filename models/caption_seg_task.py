@@ -46,6 +46,7 @@ from .caption_seg_model import (
 )
 from .caption_task import caption_scores, check_caption_metrics_mode, encode_caption_lists
 from .caption_tokenizer import train_caption_tokenizer
+from .class_ids import class_ids
 from .decode_failures import DecodeFailures, decoded
 from .segmentation_losses import build_loss
 from .segmentation_task import COLLAPSE_THRESHOLD
@@ -301,7 +302,7 @@ class CaptionSegTask(TrainingTask):
             for batch in dataloader:
                 pred = model.predict(batch["pixel_values"].to(device), num_beams=self.args.num_beams)
                 labels = batch["segmentation_labels"].to(device)
-                per_sample = confusion_matrix(pred.segmentation_logits.argmax(dim=1), labels, num_classes,
+                per_sample = confusion_matrix(class_ids(pred.segmentation_logits, dim=1), labels, num_classes,
                                               self.ignore_index, per_sample=True)
                 generated = accelerator.pad_across_processes(pred.sequences.contiguous(), dim=1, pad_index=pad)
                 per_sample, generated, index = accelerator.gather_for_metrics(

@@ -35,6 +35,7 @@ from transformers.image_utils import (
 )
 from transformers.processing_utils import ImagesKwargs, Unpack
 
+from .class_ids import class_ids
 from .imagenet_weights import IMAGENET_MEAN, IMAGENET_STD
 from .unet import UnetConfig
 
@@ -216,7 +217,7 @@ class SegmentationImageProcessor(TorchvisionBackend):
         if not isinstance(logits, torch.Tensor) or logits.ndim != 4:
             raise ValueError("expected logits of shape (batch, classes, height, width)")
         if target_sizes is None:
-            return list(logits.argmax(dim=1))
+            return list(class_ids(logits, dim=1))
         if isinstance(target_sizes, torch.Tensor):
             target_sizes = target_sizes.tolist()
         if len(target_sizes) != len(logits):
@@ -234,7 +235,7 @@ class SegmentationImageProcessor(TorchvisionBackend):
                 item = F.interpolate(
                     item[None].float(), size=(int(height), int(width)), mode="bilinear", align_corners=False
                 )[0]
-            maps.append(item.argmax(dim=0))
+            maps.append(class_ids(item, dim=0))
         return maps
 
 

@@ -26,6 +26,7 @@ from metrics.segmentation_metrics.segmentation_metrics import (
     scores_from_confusion,
 )
 
+from .class_ids import class_ids
 from .decode_failures import DecodeFailures
 from .segmentation_augment import (
     PRESETS,
@@ -372,7 +373,7 @@ class SegmentationTask(TrainingTask):
                 pixel_values = batch["pixel_values"].to(device)
                 labels = batch["labels"].to(device)
                 out = model(pixel_values=pixel_values, labels=labels)
-                pred = out.logits.argmax(dim=1)
+                pred = class_ids(out.logits, dim=1)
                 per_sample = confusion_matrix(pred, labels, num_classes, self.ignore_index, per_sample=True)
                 losses = out.loss.detach().float().expand(len(labels)).contiguous()
                 per_sample, losses = accelerator.gather_for_metrics((per_sample, losses))
