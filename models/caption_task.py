@@ -297,6 +297,8 @@ class CaptionTask(TrainingTask):
         return cached_encoder_features(
             self.model.encoder, self.image_processor, self.data[split], cache_file=cache_file,
             batch_size=getattr(self.args, "eval_batch_size", 32), device=PartialState().device,
+            progress=None if getattr(self.args, "no_progress", False) or not PartialState().is_main_process
+            else f"encoder features ({split})",
         )
 
     def train_dataset(self) -> CaptionTrainDataset:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
 
 def _weights_digest(module: torch.nn.Module) -> str:
@@ -39,16 +40,18 @@ def features_key(encoder: torch.nn.Module, image_processor, dataset, image_colum
 
 @torch.no_grad()
 def compute_encoder_features(
-    encoder: torch.nn.Module, image_processor, images, batch_size: int = 32, device: torch.device | str | None = None
+    encoder: torch.nn.Module, image_processor, images, batch_size: int = 32, device: torch.device | str | None = None,
+    progress: str | None = None,
 ) -> torch.Tensor:
-    """(N, L, C) float32 ``last_hidden_state`` of ``encoder`` for a sequence of PIL images, in order."""
+    """(N, L, C) float32 ``last_hidden_state`` of ``encoder`` for a sequence of PIL images, in order. ``progress``:
+    the label of a progress bar (minutes for a real dataset on a CPU), None for none."""
     device = torch.device(device) if device is not None else next(encoder.parameters()).device
     dtype = next(encoder.parameters()).dtype
     was_training, home = encoder.training, next(encoder.parameters()).device
     encoder.eval().to(device)
     chunks = []
     try:
-        for start in range(0, len(images), batch_size):
+        for start in tqdm(range(0, len(images), batch_size), desc=progress, unit="batch", disable=progress is None):
             batch = [images[i] for i in range(start, min(start + batch_size, len(images)))]
             pixels = image_processor(batch, return_tensors="pt")["pixel_values"].to(device, dtype)
             chunks.append(encoder(pixel_values=pixels).last_hidden_state.float().cpu())
@@ -67,6 +70,7 @@ def cached_encoder_features(
     batch_size: int = 32,
     image_column: str = "image",
     device: torch.device | str | None = None,
+    progress: str | None = None,
 ) -> torch.Tensor:
     """``compute_encoder_features`` for every row of a ``datasets.Dataset``, read from / written to ``cache_file``
     (safetensors) when given. The file is reused only when its recorded key matches (see ``features_key``)."""
@@ -78,7 +82,8 @@ def cached_encoder_features(
             if (f.metadata() or {}).get("key") == key:
                 return f.get_tensor("features")
     images = dataset.select_columns([image_column])
-    features = compute_encoder_features(encoder, image_processor, _Column(images, image_column), batch_size, device)
+    features = compute_encoder_features(encoder, image_processor, _Column(images, image_column), batch_size, device,
+                                        progress)
     if cache_file:
         path = Path(cache_file)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -137,7 +137,7 @@ def test_bad_cnn_settings_raise_value_error(bad):
         cnn(**bad)
 
 
-def test_cached_encoder_features_are_reused_and_feed_the_model(tmp_path, cache_dir, monkeypatch):
+def test_cached_encoder_features_are_reused_and_feed_the_model(tmp_path, cache_dir, monkeypatch, capfd):
     data = load_dataset_from_config("shapes", num_train=6, num_validation=0, num_test=0, image_size=32, cache_dir=cache_dir)
     tokenizer = train_caption_tokenizer(data["train"]["captions"])
     torch.manual_seed(0)
@@ -147,8 +147,11 @@ def test_cached_encoder_features_are_reused_and_feed_the_model(tmp_path, cache_d
     )
     model.eval()
     cache_file = tmp_path / "features" / "train.safetensors"
-    feats = cached_encoder_features(model.encoder, processor, data["train"], cache_file, batch_size=4)
+    capfd.readouterr()
+    feats = cached_encoder_features(model.encoder, processor, data["train"], cache_file, batch_size=4,
+                                    progress="encoder features (train)")
     assert feats.shape == (6, 16, 16) and cache_file.is_file()
+    assert "encoder features (train)" in capfd.readouterr().err  # minutes on a real dataset: a progress bar
     images = [row["image"] for row in data["train"]]
     pixels = processor(images, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
