@@ -13,6 +13,9 @@ reaches. The shapes references are five random template draws per image, so n-gr
         --epochs 2 --eval-every-epochs 1 --minutes 14 -- --image-size 160
     python benchmarks/captioning_shapes.py --caption-style canonical --encoder-training finetune --num-train 12000 \
         --epochs 2 --eval-every-epochs 1 --minutes 14 --run-suffix _reg0 -- --image-size 160 --attention-reg 0
+    python benchmarks/captioning_shapes.py --caption-style canonical --encoder-training finetune --num-train 12000 \
+        --epochs 3 --eval-every-epochs 1 --minutes 14 --run-suffix _reg0_st2_800 -- --image-size 160 \
+        --attention-reg 0 --train-encoder-stages 2 --max-steps 800    # the best recipe: first stages frozen
 
 ``--caption-style canonical`` trains and scores on the shapes option with one caption per image that names every
 object (``datasets_cfg.shapes.canonical_caption``); a perfect captioner reaches BLEU-4 1.0 there, so the targets
