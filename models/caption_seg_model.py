@@ -47,6 +47,7 @@ from transformers.utils import ModelOutput
 
 from .class_ids import class_ids
 from .lstm_decoder import LSTMDecoderConfig, LSTMDecoderForCausalLM, doubly_stochastic_penalty
+from .memory_format import like_weight
 from .region_encoders import sincos_position_embeddings
 from .segment_tokens import SegmentTokens, instance_segments
 from .segmentation_image_processor import SegmentationImageProcessor
@@ -289,7 +290,7 @@ class CaptionSegModel(CaptionSegPreTrainedModel):
         aware = self._segment_aware(segment_aware)
         self.segmenter._check_input(pixel_values)
         unet = self.segmenter.unet
-        pixel_values = pixel_values.to(self.region_proj.weight.dtype)
+        pixel_values = like_weight(pixel_values, self.region_proj.weight)
         features = unet.encoder(pixel_values)
         pixel_features = unet.decoder(features)
         segmentation_logits = unet.segmentation_head(pixel_features)

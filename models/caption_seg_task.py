@@ -142,6 +142,9 @@ class CaptionSegTask(TrainingTask):
         p.add_argument("--caption-metrics", choices=["fast", "official"], default="fast")
         p.add_argument("--encoder-lr-multiplier", type=float, default=1.0,
                        help="encoder learning rate = --lr times this")
+        p.add_argument("--train-encoder-stages", type=int, default=None, metavar="N",
+                       help="fine-tune only the shared encoder's last N stages (of --encoder-depth; stride 2, 4, ... "
+                            "32); the first ones stay frozen, BatchNorm statistics included (timm 'tu-' encoders)")
         p.add_argument("--init-from", default=None, metavar="FOLDER", help="start from a saved caption-seg folder")
 
     def __init__(self, args: argparse.Namespace, data, data_config):
@@ -170,6 +173,8 @@ class CaptionSegTask(TrainingTask):
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(a, name)}")
         if a.image_skip_channels < 0:
             raise ValueError(f"--image-skip-channels must be >= 0, not {a.image_skip_channels}")
+        if a.train_encoder_stages is not None and a.train_encoder_stages < 0:
+            raise ValueError(f"--train-encoder-stages must be >= 0, not {a.train_encoder_stages}")
         if a.segment_relation_layers < 0:
             raise ValueError(f"--segment-relation-layers must be >= 0, not {a.segment_relation_layers}")
         if a.segment_relation_layers and a.hidden_size % a.segment_relation_heads:
@@ -223,6 +228,8 @@ class CaptionSegTask(TrainingTask):
                 )
             except (KeyError, RuntimeError) as err:  # smp / timm: an unknown encoder name
                 raise ValueError(f"cannot build the U-Net with --encoder {a.encoder!r}: {err}") from err
+        if a.train_encoder_stages is not None:
+            model.segmenter.set_trainable_encoder_stages(a.train_encoder_stages)
         self.model, self.tokenizer, self.image_processor = model, tokenizer, processor
         return model
 

@@ -25,7 +25,9 @@ from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedMode
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from .backbone_stages import freeze_first_stages, keep_frozen_norms_fixed
 from .imagenet_weights import IMAGENET_MEAN, IMAGENET_STD, load_imagenet_weights
+from .memory_format import like_weight
 
 # EfficientNet-Lite backbones that have offline ImageNet weights (imagenet_weights.py), by timm name.
 IMAGENET_VARIANTS = {f"tf_efficientnet_lite{v}": v for v in (0, 1, 2)}
@@ -175,6 +177,7 @@ class CNNRegionEncoderModel(PreTrainedModel):
 
     def feature_map(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) region features before flattening."""
+        pixel_values = like_weight(pixel_values, self._first_conv_weight())
         x = self.backbone.forward_intermediates(
             pixel_values, indices=[self.config.feature_stage], intermediates_only=True, stop_early=True
         )[-1]
@@ -189,6 +192,9 @@ class CNNRegionEncoderModel(PreTrainedModel):
             x = x + pos
         return x
 
+    def _first_conv_weight(self) -> torch.Tensor:
+        return next(p for p in self.backbone.parameters() if p.ndim == 4)
+
     def grid_shape(self, height: int, width: int) -> tuple[int, int]:
         """(rows, columns) of the region grid for height x width inputs."""
         if self.config.grid_size:
@@ -200,49 +206,20 @@ class CNNRegionEncoderModel(PreTrainedModel):
     # ------------------------------------------------------------------------------------------------------------
     # Freezing
 
-    def _stage_of_parameters(self) -> dict[str, int]:
-        """Backbone parameter/buffer name -> stage index. Modules before a stage's output module (the stem before
-        stage 0, a max-pool before stage 1, ...) belong to that stage."""
-        names = [n for n, _ in self.backbone.named_parameters()] + [n for n, _ in self.backbone.named_buffers()]
-        order = {n: i for i, n in enumerate(n for n, _ in self.backbone.named_modules())}
-        stage_pos = [order[m] for m in self.stage_modules]
-
-        def stage_of(name: str) -> int:
-            module = name.rsplit(".", 1)[0] if "." in name else ""
-            for i, m in enumerate(self.stage_modules):
-                if module == m or module.startswith(m + "."):
-                    return i
-            pos = order.get(module, 0)
-            return next((i for i, p in enumerate(stage_pos) if pos < p), self.num_stages - 1)
-
-        return {n: stage_of(n) for n in names}
-
     def set_trainable_stages(self, num_stages: int | None) -> None:
         """None: train everything. 0: freeze the whole encoder (backbone and neck). k > 0: train only the last k
         backbone stages plus the neck (projection, position embeddings). Frozen stages also keep their BatchNorm
         statistics fixed (they stay in eval mode)."""
-        if num_stages is not None and (not isinstance(num_stages, int) or num_stages < 0):
-            raise ValueError(f"the number of trainable encoder stages must be None or >= 0, not {num_stages!r}")
-        first_trainable = 0 if num_stages is None else max(self.num_stages - num_stages, 0)
-        if num_stages == 0:
-            first_trainable = self.num_stages
-        stages = self._stage_of_parameters()
-        for name, param in self.backbone.named_parameters():
-            param.requires_grad_(stages[name] >= first_trainable)
+        self._frozen_stages = freeze_first_stages(self.backbone, self.stage_modules, num_stages)
         for part in (self.projection, self.position_embeddings):
             if part is not None:
                 part.requires_grad_(num_stages != 0)
-        self._frozen_stages = set(range(first_trainable))
         self.train(self.training)
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if mode and self._frozen_stages:
-            stages = self._stage_of_parameters()
-            for name, module in self.backbone.named_modules():
-                is_norm = isinstance(module, nn.modules.batchnorm._BatchNorm)
-                if is_norm and stages.get(f"{name}.running_mean", -1) in self._frozen_stages:
-                    module.eval()
+        if mode:
+            keep_frozen_norms_fixed(self.backbone, self.stage_modules, self._frozen_stages)
         return self
 
     # ------------------------------------------------------------------------------------------------------------

@@ -150,7 +150,9 @@ class SegmentationTask(TrainingTask):
                             help="resize validation images to 'height,width' (default: their own resolution)")
         parser.add_argument("--encoder-lr-multiplier", type=float, default=1.0,
                             help="encoder learning rate = --lr times this (e.g. 0.1 with ImageNet weights)")
-        parser.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster on GPUs)")
+        parser.add_argument("--train-encoder-stages", type=int, default=None, metavar="N",
+                            help="fine-tune only the encoder's last N stages (of --encoder-depth; stride 2, 4, ... "
+                                 "32); the first ones stay frozen, BatchNorm statistics included (timm 'tu-' encoders)")
         parser.add_argument("--init-from", default=None, metavar="FOLDER",
                             help="start from a saved segmentation model folder instead of a fresh model")
 
@@ -313,9 +315,12 @@ class SegmentationTask(TrainingTask):
                 raise ValueError(f"cannot build the U-Net with --encoder {encoder!r}: {err}") from err
             if variant != "none":
                 model.load_imagenet_encoder(variant)
+        stages = getattr(args, "train_encoder_stages", None)
+        if stages is not None:
+            if stages < 0:
+                raise ValueError(f"--train-encoder-stages must be >= 0, not {stages}")
+            model.set_trainable_encoder_stages(stages)
         model.config.train_crop_size = list(self.augment.crop_size)
-        if getattr(args, "channels_last", False):
-            model = model.to(memory_format=torch.channels_last)
         self._model_config = model.config
         self._processor = None  # rebuilt from this model's config on the next collate
         return model
@@ -332,10 +337,11 @@ class SegmentationTask(TrainingTask):
             raise ValueError(f"--encoder-lr-multiplier must be >= 0, got {multiplier}")
         encoder = [p for p in model.encoder_parameters() if p.requires_grad]
         decoder = [p for p in model.decoder_parameters() if p.requires_grad]
-        return [
+        groups = [
             {"params": encoder, "lr": self.args.lr * multiplier, "name": "encoder"},
             {"params": decoder, "lr": self.args.lr, "name": "decoder"},
         ]
+        return [g for g in groups if g["params"]]  # a frozen encoder (--train-encoder-stages 0) has none
 
     # -------------------------------------------------------------------------------------------------------- data
     def train_dataset(self) -> SegmentationDataset:

@@ -28,7 +28,9 @@ from transformers import (
 from transformers import initialization as init
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
+from .backbone_stages import freeze_first_stages, keep_frozen_norms_fixed
 from .imagenet_weights import IMAGENET_MEAN, IMAGENET_STD, load_imagenet_weights
+from .memory_format import like_weight
 from .segmentation_losses import build_loss
 from .unet_image_skip import ImageSkipUnetDecoder
 
@@ -204,6 +206,7 @@ class UnetForSemanticSegmentation(UnetPreTrainedModel):
         self.segmentation_loss = build_loss(
             config.loss, config.num_labels, config.semantic_loss_ignore_index, config.class_weights
         )
+        self._frozen_stages: set[int] = set()
         self._keep_library_init()
         self.post_init()
 
@@ -232,6 +235,30 @@ class UnetForSemanticSegmentation(UnetPreTrainedModel):
         self.config.encoder_imagenet_weights = variant
         self.config.image_mean = list(IMAGENET_MEAN)
         self.config.image_std = list(IMAGENET_STD)
+
+    def _encoder_stage_modules(self) -> tuple[nn.Module, list[str]]:
+        backbone = getattr(self.unet.encoder, "model", None)  # smp's timm-universal ("tu-") encoders
+        info = getattr(backbone, "feature_info", None)
+        if info is None:
+            raise ValueError(
+                f"training only the last encoder stages needs a timm encoder ('tu-' + a timm name), not "
+                f"{self.config.encoder_name!r}"
+            )
+        return backbone, list(info.module_name())
+
+    def set_trainable_encoder_stages(self, num_stages: int | None) -> None:
+        """Fine-tune only the encoder's last ``num_stages`` stages (None: all, 0: a frozen encoder); the decoder and
+        head always train. The frozen stages' BatchNorm statistics stay fixed too. The stages are the encoder's
+        outputs (``encoder_depth`` of them; stride 2, 4, ... 32)."""
+        backbone, stage_modules = self._encoder_stage_modules()
+        self._frozen_stages = freeze_first_stages(backbone, stage_modules, num_stages)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self._frozen_stages:
+            keep_frozen_norms_fixed(*self._encoder_stage_modules(), self._frozen_stages)
+        return self
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """``save_pretrained`` of transformers, with ``AutoModel`` added to the folder's ``auto_map``
@@ -285,10 +312,7 @@ class UnetForSemanticSegmentation(UnetPreTrainedModel):
         when labels are given.
         """
         self._check_input(pixel_values)
-        weight = self.unet.segmentation_head[0].weight
-        if weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
-            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
-        pixel_values = pixel_values.to(weight.dtype)
+        pixel_values = like_weight(pixel_values, self.unet.segmentation_head[0].weight)
         logits = self.unet(pixel_values)
         loss = self.segmentation_loss(logits, labels) if labels is not None else None
         output = SemanticSegmenterOutput(loss=loss, logits=logits)

@@ -96,6 +96,9 @@ def build_parser(task_name: str | None) -> argparse.ArgumentParser:
     g.add_argument("--warmup-steps", type=int, default=30)
     g.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping")
     g.add_argument("--bf16", action="store_true", help="bf16 autocast (also on CPU)")
+    g.add_argument("--channels-last", action="store_true",
+                   help="convolution weights and images in channels-last memory format (on the CPU about 1.7x faster "
+                        "for EfficientNet-Lite encoders; see models/memory_format.py)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
     g.add_argument("--threads", type=int, help="torch threads per process (default: torch's choice)")
@@ -271,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         # Tasks raise ValueError for flags they cannot use (an unknown loss, a wrong --init-from folder, ...).
         task = TASKS[args.task](args, data, data_config)
         model = task.build_model()
+        if args.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         train_ds, eval_ds = task.train_dataset(), task.eval_dataset()
     except (DatasetError, ValueError, MissingWeightsPackage) as err:
         accelerator.print(f"error: {err}")

@@ -152,6 +152,8 @@ def test_a_dataset_without_masks_is_a_clear_error(tmp_path, cache, capsys):
         (["--decoder-channels", "16,x,8"], "--decoder-channels must be comma-separated integers"),
         (["--segment-relation-layers", "-1"], "--segment-relation-layers must be >= 0"),
         (["--image-skip-channels", "-2"], "--image-skip-channels must be >= 0"),
+        (["--train-encoder-stages", "-1"], "--train-encoder-stages must be >= 0"),
+        (["--encoder", "resnet18", "--train-encoder-stages", "1"], "needs a timm encoder .*not 'resnet18'"),
         (["--segment-relation-layers", "1", "--segment-relation-heads", "5"],
          "--hidden-size 32 must be a multiple of --segment-relation-heads 5"),
     ],
@@ -212,6 +214,19 @@ def test_init_from_starts_from_the_saved_weights_and_tokenizer(straight_run, sha
         assert torch.equal(state[k], v), k
     _, tokenizer, _ = load_caption_seg(straight_run / "best")
     assert task.tokenizer.get_vocab() == tokenizer.get_vocab()
+
+
+def test_train_encoder_stages_freezes_the_shared_encoders_first_stages(shapes):
+    model = make_task(shapes, "--train-encoder-stages", "1").build_model()
+    encoder = model.segmenter.unet.encoder
+    trainable = {n for n, p in encoder.named_parameters() if p.requires_grad}
+    assert trainable and not any(n.startswith(("model.conv_stem", "model.blocks.0.", "model.blocks.1.")) for n in trainable)
+    others = [p for n, p in model.named_parameters() if not n.startswith("segmenter.unet.encoder.")]
+    assert all(p.requires_grad for p in others)  # U-Net decoder, regions, segment tokens and caption decoder
+    task = make_task(shapes, "--train-encoder-stages", "1")
+    groups = task.param_groups(task.build_model())
+    assert all(p.requires_grad for g in groups for p in g["params"])
+    assert sum(len(g["params"]) for g in groups) == len(others) + len(trainable)
 
 
 def test_masks_missing_from_the_data_is_a_value_error(shapes):

@@ -95,6 +95,18 @@ def test_training_steps_reduce_the_loss(shapes):
     assert losses[-1] < 0.8 * losses[0], losses
 
 
+def test_train_encoder_stages_leaves_the_frozen_weights_out_of_the_optimizer(shapes):
+    task = make_task(shapes, "--train-encoder-stages", "1")
+    model = task.build_model()
+    encoder, decoder = task.param_groups(model)
+    assert encoder["name"] == "encoder" and 0 < len(encoder["params"]) < len(list(model.encoder_parameters()))
+    assert all(p.requires_grad for p in encoder["params"])
+    frozen = make_task(shapes, "--train-encoder-stages", "0")
+    assert [g["name"] for g in frozen.param_groups(frozen.build_model())] == ["decoder"]
+    with pytest.raises(ValueError, match="--train-encoder-stages must be >= 0"):
+        make_task(shapes, "--train-encoder-stages", "-1").build_model()
+
+
 def test_evaluate_reports_miou_per_class_scores_and_foreground_fractions(shapes):
     task = make_task(shapes)
     model = task.build_model()

@@ -123,6 +123,33 @@ def test_channels_last_gives_the_same_logits(model):
     torch.testing.assert_close(model(pixel_values=x).logits, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_train_only_the_last_encoder_stages_and_keep_frozen_batchnorm_statistics():
+    torch.manual_seed(0)
+    model = UnetForSemanticSegmentation(tiny_config())
+    model.set_trainable_encoder_stages(1)  # of 3: blocks.0, blocks.1 (and the stem before them) freeze
+    encoder = model.unet.encoder.model
+    trainable = {n for n, p in encoder.named_parameters() if p.requires_grad}
+    assert trainable and not any(n.startswith(("conv_stem", "bn1", "blocks.0.", "blocks.1.")) for n in trainable)
+    assert "blocks.2.0.conv_pwl.weight" in trainable
+    assert all(p.requires_grad for p in [*model.unet.decoder.parameters(), *model.unet.segmentation_head.parameters()])
+    frozen_bn, last_bn = encoder.blocks[1][0].bn1, encoder.blocks[2][0].bn1
+    before = frozen_bn.running_mean.clone(), last_bn.running_mean.clone()
+    model.train()
+    assert not frozen_bn.training and last_bn.training and model.unet.decoder.training
+    out = model(pixel_values=torch.randn(2, 3, 32, 32) * 3 + 1, labels=torch.randint(0, 3, (2, 32, 32)))
+    out.loss.backward()
+    assert torch.equal(frozen_bn.running_mean, before[0]) and not torch.equal(last_bn.running_mean, before[1])
+    assert encoder.conv_stem.weight.grad is None and encoder.blocks[2][0].conv_pwl.weight.grad is not None
+    model.set_trainable_encoder_stages(0)
+    assert not any(p.requires_grad for p in model.unet.encoder.parameters())
+    model.set_trainable_encoder_stages(None)
+    assert all(p.requires_grad for p in model.parameters()) and frozen_bn.train().training
+    with pytest.raises(ValueError, match="None or >= 0"):
+        model.set_trainable_encoder_stages(-1)
+    with pytest.raises(ValueError, match="needs a timm encoder"):
+        UnetForSemanticSegmentation(tiny_config(encoder_name="resnet18")).set_trainable_encoder_stages(1)
+
+
 def test_trust_remote_code_in_a_fresh_process(saved_kinds, tmp_path):
     model = saved_kinds
     folder = tmp_path / "model"
