@@ -1,5 +1,6 @@
-"""--channels-last: the region encoder and the combined model give the same outputs in either memory format (the U-Net: test_unet.py), its inputs follow the
-weights' format, and scripts/train.py converts the model of every task before training."""
+"""--channels-last: the region encoder and the combined model give the same outputs in either memory format (the
+U-Net: test_unet.py), their inputs follow the weights' format, and scripts/train.py converts the model of every task
+before training."""
 
 import pytest
 import torch
