@@ -145,10 +145,6 @@ class CNNRegionEncoderModel(PreTrainedModel):
     def get_output_embeddings(self):
         return None  # no LM head (VisionEncoderDecoderModel checks)
 
-    @property
-    def num_stages(self) -> int:
-        return len(self.stage_modules)
-
     def forward(
         self,
         pixel_values: torch.Tensor,
