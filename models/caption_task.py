@@ -17,10 +17,12 @@ while over the epochs the decoder still sees every caption. ``--caption-sampling
 (image, caption) pair instead. Images are not augmented: flips would break "to the left of".
 
 Loss: token cross-entropy (``--label-smoothing``) plus, for the LSTM/GRU decoder, the doubly stochastic attention
-penalty weighted by ``--attention-reg``. Validation generates a caption per validation image (beam search,
-``--num-beams``) on each process's shard, gathers them and scores them with ``metrics.caption_metrics`` (BLEU-1..4,
-METEOR, ROUGE-L, CIDEr-D); it also reports the share of distinct captions and warns when the model collapses to
-one caption. On data with a ``scene`` column (synthetic shapes) it adds the attribute accuracy.
+penalty weighted by ``--attention-reg``. ``--objective scst`` replaces both with self-critical sequence training
+(``self_critical.py``): captions sampled from the model, rewarded by their CIDEr-D. Validation generates a caption
+per validation image (beam search, ``--num-beams``) on each process's shard, gathers them and scores them with
+``metrics.caption_metrics`` (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D); it also reports the share of distinct captions
+and warns when the model collapses to one caption. On data with a ``scene`` column (synthetic shapes) it adds the
+attribute accuracy.
 """
 
 from __future__ import annotations
@@ -40,10 +42,12 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from .caption_tokenizer import train_caption_tokenizer
 from .captioner import DECODER_KINDS, build_captioner, load_captioner, save_captioner, set_generation_defaults
+from .cider_reward import CiderDReward
 from .decode_failures import DecodeFailures, decoded
 from .encoder_feature_cache import cached_encoder_features
 from .lstm_decoder import LSTMDecoderForCausalLM, doubly_stochastic_penalty
 from .region_encoders import set_encoder_trainable
+from .self_critical import self_critical_loss
 from .shapes_attribute_accuracy import shapes_attribute_accuracy
 from .task import TrainingTask, register_task
 
@@ -158,6 +162,12 @@ class CaptionTask(TrainingTask):
                        help="random: one random caption per image per epoch; all: every (image, caption) pair")
         p.add_argument("--caption-metrics", choices=["fast", "official"], default="fast",
                        help="how metrics.caption_metrics scores the validation captions")
+        p.add_argument("--objective", choices=["cross-entropy", "scst"], default="cross-entropy",
+                       help="scst: self-critical sequence training, which maximises the CIDEr-D of sampled captions "
+                            "(models/self_critical.py); start it from a cross-entropy model with --init-from")
+        p.add_argument("--scst-samples", type=int, default=5, help="scst: captions sampled per image (at least 2)")
+        p.add_argument("--scst-dropout", choices=["on", "off"], default="on",
+                       help="scst: sample and score with the decoder's dropout on (training mode) or off")
         p.add_argument("--init-from", default=None, metavar="FOLDER",
                        help="start from a saved captioner folder (model, tokenizer and image processor; its model "
                             "options win over the flags), e.g. to fine-tune the encoder of a frozen-encoder run")
@@ -196,6 +206,14 @@ class CaptionTask(TrainingTask):
             raise ValueError(f"--label-smoothing must be in [0, 1), not {a.label_smoothing}")
         if a.attention_reg < 0:
             raise ValueError(f"--attention-reg must be >= 0, not {a.attention_reg}")
+        objective = getattr(a, "objective", "cross-entropy")
+        if objective == "scst":
+            if a.scst_samples < 2:
+                raise ValueError(f"--scst-samples must be at least 2 (the baseline is the other samples' mean), "
+                                 f"not {a.scst_samples}")
+            if a.caption_sampling != "random":
+                raise ValueError("--objective scst scores each image's samples against all its captions: use "
+                                 "--caption-sampling random (one row per image), not all")
         check_caption_metrics_mode(a.caption_metrics)
 
     # ------------------------------------------------------------------------------------------------------------
@@ -311,6 +329,9 @@ class CaptionTask(TrainingTask):
         images = None if features is not None else split.select_columns(["image"])
         self._train_ds = CaptionTrainDataset(images, per_image, self.args.caption_sampling,
                                              getattr(self.args, "seed", 0), features)
+        if getattr(self.args, "objective", "cross-entropy") == "scst":
+            # References without the start and end tokens, as the samples are scored.
+            self.reward = CiderDReward([[ids[1:-1] for ids in caps] for caps in per_image])
         return self._train_ds
 
     def eval_dataset(self) -> CaptionEvalDataset:
@@ -342,7 +363,8 @@ class CaptionTask(TrainingTask):
             ids = torch.tensor(e["input_ids"], dtype=torch.long)
             inputs[i, : len(ids) - 1] = ids[:-1]
             labels[i, : len(ids) - 1] = ids[1:]
-        return {"decoder_input_ids": inputs, "labels": labels, **self._encoder_inputs(examples)}
+        return {"decoder_input_ids": inputs, "labels": labels, "row_index": torch.tensor([e["row"] for e in examples]),
+                **self._encoder_inputs(examples)}
 
     def eval_collate(self, examples: list[dict]) -> dict[str, Any]:
         return {"row_index": torch.tensor([e["row"] for e in examples]), **self._encoder_inputs(examples)}
@@ -358,6 +380,11 @@ class CaptionTask(TrainingTask):
     # Training and validation
 
     def training_step(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        if getattr(self.args, "objective", "cross-entropy") == "scst":
+            return self_critical_loss(model, self.model_inputs(batch), batch["row_index"].tolist(), self.reward,
+                                      num_samples=self.args.scst_samples, max_length=self.max_length,
+                                      eos_id=self.model.generation_config.eos_token_id,
+                                      dropout=self.args.scst_dropout == "on")
         labels = batch["labels"]
         use_penalty = self.attention_reg > 0
         # The padding mask changes nothing for right-padded captions under causal attention, but without it
