@@ -85,8 +85,8 @@ def main() -> None:
         "--min-word-freq", "5", "--max-caption-len", "30", "--caption-sampling", "all", "--label-smoothing", "0.1",
         "--batch-size", "64", "--bf16", "--scheduler", "cosine", "--warmup-steps", "200",
         "--epochs", str(args.epochs), "--eval-every-epochs", str(args.eval_every_epochs),
-        "--time-budget-min", str(args.phase1_minutes or args.minutes), "--num-beams", "3", "--caption-metrics", "official",
-        "--threads", str(args.threads), "--eval-batch-size", "100", *args.extra,
+        "--time-budget-min", str(args.phase1_minutes or args.minutes), "--num-beams", "3",
+        "--caption-metrics", "official", "--threads", str(args.threads), "--eval-batch-size", "100", *args.extra,
     ]
     evaluate = ["--task", "caption", *data, "--split", "validation", "--metrics", "official", "--num-beams", "3",
                 "--batch-size", "50", "--examples", "6"]
@@ -127,7 +127,8 @@ def main() -> None:
     if frozen is not None:
         history = Path(result["run_dir"]) / "history.jsonl"
         # Phase-two times continue the first phase's clock, so the curve reads against the whole budget.
-        curve += [{**r, "elapsed_min": r.get("elapsed_min", 0.0) + offset, "phase": "scst" if args.scst_epochs else "finetune"}
+        phase = "scst" if args.scst_epochs else "finetune"
+        curve += [{**r, "elapsed_min": r.get("elapsed_min", 0.0) + offset, "phase": phase}
                   for r in map(json.loads, history.read_text().splitlines()) if "eval/BLEU-4" in r]
         result["train_seconds"] += frozen["train_seconds"]
 
