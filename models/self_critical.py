@@ -74,23 +74,22 @@ def self_critical_loss(
         raise ValueError("self-critical training needs at least 2 samples per image (the baseline is their mean)")
     inner = getattr(model, "module", model)  # DDP wraps the model; generate() lives on the model itself
     was_training = model.training
-    if not dropout:
-        model.eval()
     repeated = repeat_encoder_inputs(encoder_inputs, num_samples)
-    with torch.no_grad():
-        # Each repeated row samples on its own, as num_return_sequences would. generate() may rewrite the
-        # encoder_outputs it is given (it expands them in place for num_return_sequences): it gets its own copy.
-        sampled = inner.generate(**_copied(repeated), do_sample=True, num_beams=1, top_k=0, top_p=1.0,
-                                 temperature=1.0, max_length=max_length)
-    inputs, targets = sampled[:, :-1], sampled[:, 1:]
-    mask = sampled_token_mask(targets, eos_id)
-    candidates = [row[m].tolist() for row, m in zip(targets, mask)]
-    candidates = [c[:-1] if c and c[-1] == eos_id else c for c in candidates]  # references carry no <eos> either
-    sample_rows = [r for r in rows for _ in range(num_samples)]
-    rewards = torch.as_tensor(reward.reward(candidates, sample_rows), dtype=torch.float32)
-    advantage = leave_one_out_advantage(rewards, num_samples).to(sampled.device)
-
     try:
+        if not dropout:
+            model.eval()
+        with torch.no_grad():
+            # Each repeated row samples on its own, as num_return_sequences would. generate() may rewrite the
+            # encoder_outputs it is given (it expands them in place for num_return_sequences): it gets a copy.
+            sampled = inner.generate(**_copied(repeated), do_sample=True, num_beams=1, top_k=0, top_p=1.0,
+                                     temperature=1.0, max_length=max_length)
+        inputs, targets = sampled[:, :-1], sampled[:, 1:]
+        mask = sampled_token_mask(targets, eos_id)
+        candidates = [row[m].tolist() for row, m in zip(targets, mask)]
+        candidates = [c[:-1] if c and c[-1] == eos_id else c for c in candidates]  # references have no <eos>
+        sample_rows = [r for r in rows for _ in range(num_samples)]
+        rewards = torch.as_tensor(reward.reward(candidates, sample_rows), dtype=torch.float32)
+        advantage = leave_one_out_advantage(rewards, num_samples).to(sampled.device)
         out = model(**repeated, decoder_input_ids=inputs, decoder_attention_mask=mask.long(), use_cache=False)
     finally:
         model.train(was_training)
