@@ -77,54 +77,47 @@ def main() -> None:
     if args.finetune_epochs and args.scst_epochs:
         p.error("--finetune-epochs and --scst-epochs are two different second phases: pick one")
     data = ["--dataset", "datasets_cfg/flickr8k_captions_json.yaml", "--root", args.root]
+    # What every phase shares: vocabulary and caption length, bf16, and the validation (beam 3, official metrics).
+    common = ["--min-word-freq", "5", "--max-caption-len", "30", "--bf16", "--num-beams", "3",
+              "--caption-metrics", "official", "--threads", str(args.threads), "--eval-batch-size", "100"]
     train = [
         "--task", "caption", *data,
         "--encoder", f"tf_efficientnet_{args.encoder}", "--imagenet-weights", "--freeze-encoder",
         "--cache-encoder-features", "--image-size", str(args.image_size or NATIVE_SIZE[args.encoder]),
         "--encoder-stage", "4",  # the last map (7 x 7 for Lite0 at 224 px), as the plain loop
         *DECODERS[args.decoder],
-        "--min-word-freq", "5", "--max-caption-len", "30", "--caption-sampling", "all", "--label-smoothing", "0.1",
-        "--batch-size", "64", "--bf16", "--scheduler", "cosine", "--warmup-steps", "200",
+        *common, "--caption-sampling", "all", "--label-smoothing", "0.1", "--batch-size", "64",
+        "--scheduler", "cosine", "--warmup-steps", "200",
         "--epochs", str(args.epochs), "--eval-every-epochs", str(args.eval_every_epochs),
-        "--time-budget-min", str(args.phase1_minutes or args.minutes), "--num-beams", "3",
-        "--caption-metrics", "official", "--threads", str(args.threads), "--eval-batch-size", "100", *args.extra,
+        "--time-budget-min", str(args.phase1_minutes or args.minutes), *args.extra,
     ]
     evaluate = ["--task", "caption", *data, "--split", "validation", "--metrics", "official", "--num-beams", "3",
                 "--batch-size", "50", "--examples", "6"]
     result = train_and_evaluate(f"{args.decoder}_{args.encoder}_frozen", train, evaluate, Path(args.work_dir))
     history = Path(result["run_dir"]) / "history.jsonl"
     curve = [r for r in map(json.loads, history.read_text().splitlines()) if "eval/BLEU-4" in r]
-    frozen = None
+    frozen = second = None
+    if args.finetune_epochs or args.scst_epochs:
+        frozen, offset = result, result["train_seconds"] / 60
+        second = ["--task", "caption", *data, "--init-from", str(Path(frozen["run_dir"]) / "best"), *common,
+                  "--caption-sampling", "random", "--eval-every-epochs", "1",
+                  "--time-budget-min", str(max(args.minutes - offset, 1.0))]
     if args.finetune_epochs:
-        frozen, offset = result, result["train_seconds"] / 60
-        finetune = [
-            "--task", "caption", *data, "--init-from", str(Path(frozen["run_dir"]) / "best"),
-            "--train-encoder-stages", str(args.finetune_stages), "--lr", str(args.finetune_lr),
-            "--encoder-lr", str(args.finetune_encoder_lr),
-            "--min-word-freq", "5", "--max-caption-len", "30", "--caption-sampling", "random",
-            "--label-smoothing", "0.1", "--batch-size", "64", "--bf16", "--scheduler", "cosine",
-            "--warmup-steps", "50", "--epochs", str(args.finetune_epochs), "--eval-every-epochs", "1",
-            "--time-budget-min", str(max(args.minutes - offset, 1.0)), "--num-beams", "3",
-            "--caption-metrics", "official", "--threads", str(args.threads), "--eval-batch-size", "100", *args.extra,
-        ]
-        result = train_and_evaluate(f"{args.decoder}_{args.encoder}_finetune", finetune, evaluate, Path(args.work_dir))
+        second += ["--train-encoder-stages", str(args.finetune_stages), "--lr", str(args.finetune_lr),
+                   "--encoder-lr", str(args.finetune_encoder_lr), "--label-smoothing", "0.1", "--batch-size", "64",
+                   "--scheduler", "cosine", "--warmup-steps", "50", "--epochs", str(args.finetune_epochs),
+                   *args.extra]
+        result = train_and_evaluate(f"{args.decoder}_{args.encoder}_finetune", second, evaluate, Path(args.work_dir))
     if args.scst_epochs:
-        frozen, offset = result, result["train_seconds"] / 60
-        finetune = [
-            "--task", "caption", *data, "--init-from", str(Path(frozen["run_dir"]) / "best"),
-            "--freeze-encoder", "--cache-encoder-features", "--objective", "scst",
-            "--scst-samples", str(args.scst_samples), "--caption-sampling", "random", "--lr", str(args.scst_lr),
-            "--min-word-freq", "5", "--max-caption-len", "30", "--batch-size", "32", "--bf16",
-            "--scheduler", "constant_with_warmup", "--warmup-steps", "20", "--epochs", str(args.scst_epochs),
-            "--eval-every-epochs", "1", "--time-budget-min", str(max(args.minutes - offset, 1.0)),
-            "--num-beams", "3", "--caption-metrics", "official", "--threads", str(args.threads),
-            "--eval-batch-size", "100", *args.extra,
-        ]
-        name = f"{args.decoder}_{args.encoder}_scst"
-        features = Path(frozen["run_dir"]) / "encoder_features"
-        shutil.rmtree(REPO / args.work_dir / name / "encoder_features", ignore_errors=True)
-        shutil.copytree(features, REPO / args.work_dir / name / "encoder_features")  # same encoder: same key
-        result = train_and_evaluate(name, finetune, evaluate, Path(args.work_dir))
+        second += ["--freeze-encoder", "--cache-encoder-features", "--objective", "scst",
+                   "--scst-samples", str(args.scst_samples), "--lr", str(args.scst_lr), "--batch-size", "32",
+                   "--scheduler", "constant_with_warmup", "--warmup-steps", "20", "--epochs", str(args.scst_epochs),
+                   *args.extra]
+        run_name = f"{args.decoder}_{args.encoder}_scst"
+        features = REPO / args.work_dir / run_name / "encoder_features"
+        shutil.rmtree(features, ignore_errors=True)
+        shutil.copytree(Path(frozen["run_dir"]) / "encoder_features", features)  # same encoder: same cache key
+        result = train_and_evaluate(run_name, second, evaluate, Path(args.work_dir))
     if frozen is not None:
         history = Path(result["run_dir"]) / "history.jsonl"
         # Phase-two times continue the first phase's clock, so the curve reads against the whole budget.
@@ -148,7 +141,7 @@ def main() -> None:
     write_results(Path(args.out or f"benchmarks/results/captioning_flickr8k_{args.decoder}.json"),
                   {"benchmark": "captioning_flickr8k", "decoder": args.decoder, "machine": machine(),
                    "train_args": train, "plain_loop": PLAIN_LOOP, "curve": curve, **result,
-                   **({"frozen_phase": frozen, "finetune_args": finetune} if frozen else {})})
+                   **({"frozen_phase": frozen, "second_phase_args": second} if frozen else {})})
 
 
 if __name__ == "__main__":

@@ -187,6 +187,7 @@ class CaptionTask(TrainingTask):
         self.tokenizer = None
         self.image_processor = None
         self._train_ds: CaptionTrainDataset | None = None
+        self.reward: CiderDReward | None = None  # --objective scst: built with the training captions
 
     def _check_arguments(self) -> None:
         a = self.args
@@ -214,6 +215,9 @@ class CaptionTask(TrainingTask):
             if a.caption_sampling != "random":
                 raise ValueError("--objective scst scores each image's samples against all its captions: use "
                                  "--caption-sampling random (one row per image), not all")
+            if not getattr(a, "init_from", None):
+                logger.warning("--objective scst without --init-from: from random weights the sampled captions "
+                               "score near zero and there is little to reinforce; start from a cross-entropy model")
         check_caption_metrics_mode(a.caption_metrics)
 
     # ------------------------------------------------------------------------------------------------------------

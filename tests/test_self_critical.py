@@ -1,6 +1,7 @@
 """Self-critical sequence training: the CIDEr-D reward, the baseline, the token mask and the caption task's
 ``--objective scst``."""
 
+import logging
 import random
 
 import numpy as np
@@ -117,8 +118,10 @@ def test_equal_rewards_give_no_gradient(data):  # noqa: F811
                            max_length=task.max_length, eos_id=model.generation_config.eos_token_id)
 
 
-def test_caption_task_objective_scst_scores_samples_against_the_training_captions(data):  # noqa: F811
-    task = make_task(data, "--objective", "scst", "--scst-samples", "3")
+def test_caption_task_objective_scst_scores_samples_against_the_training_captions(data, caplog):  # noqa: F811
+    with caplog.at_level(logging.WARNING, logger="models.caption_task"):
+        task = make_task(data, "--objective", "scst", "--scst-samples", "3")
+    assert "--objective scst without --init-from" in caplog.text
     model = task.build_model().train()
     ds = task.train_dataset()
     assert len(task.reward) == len(data["train"])
