@@ -6,6 +6,16 @@ class, so the decoder can attend to "the circle" as one thing:
 
     token_k = LayerNorm(class_embedding[k] + W_f [mask-pooled features of segment k] + W_g [geometry of segment k])
 
+or, with ``part_norm`` (the default of new models), each part normalised on its own before the sum, and the
+segment's mean colour given its own projection:
+
+    token_k = LayerNorm(LN(class_embedding[k]) + LN(W_f [pooled features]) + LN(W_c [mean colour]) + LN(W_g [geometry]))
+
+Why: without it the pooled deep features dominate the sum. In a trained ``make demo`` model their projection had a
+norm of about 260 against 0.7 for the class embedding and 4 for the geometry, so after the LayerNorm a token said
+little more than the regions it pooled: which class the segmentation found, and where, was lost. Normalising
+each part gives each the same weight whatever its input's scale.
+
 - mask-pooled features: the mean, over the segment's pixels, of the U-Net decoder's last feature map (full
   resolution), of the region features (the segment's mask averaged down to the region grid) and of the input
   pixels themselves (the segment's mean colour, which names like "red" depend on);
@@ -115,14 +125,21 @@ class SegmentTokens(nn.Module):
     """One token of size ``hidden_size`` per class from a segmentation; see the module docstring."""
 
     def __init__(self, num_classes: int, pixel_feature_size: int, region_feature_size: int, hidden_size: int,
-                 image_channels: int = 3, min_area: float = 0.002, relation_layers: int = 0, relation_heads: int = 8):
+                 image_channels: int = 3, min_area: float = 0.002, relation_layers: int = 0, relation_heads: int = 8,
+                 part_norm: bool = False):
         super().__init__()
         self.min_area = float(min_area)
+        self.part_norm = bool(part_norm)
         self.class_embedding = nn.Embedding(num_classes, hidden_size)
-        self.feature_proj = nn.Linear(pixel_feature_size + region_feature_size + image_channels, hidden_size)
+        colour_in_features = 0 if part_norm else image_channels
+        self.feature_proj = nn.Linear(pixel_feature_size + region_feature_size + colour_in_features, hidden_size)
         self.geometry_proj = nn.Sequential(
             nn.Linear(GEOMETRY_FEATURES, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
         )
+        if part_norm:
+            self.colour_proj = nn.Linear(image_channels, hidden_size)
+            # class, pooled features, colour, geometry
+            self.part_norms = nn.ModuleList(nn.LayerNorm(hidden_size) for _ in range(4))
         self.norm = nn.LayerNorm(hidden_size)
         # Only built when asked, so models saved without them load (and initialise) exactly as before.
         if relation_layers > 0:
@@ -145,15 +162,18 @@ class SegmentTokens(nn.Module):
         """``segment_classes`` (B, S): the class of each segment; None: segment k is class k (per-class masks)."""
         B, K = segments.shape[:2]
         segments = segments.to(pixel_features.dtype)
-        pooled = torch.cat(
-            [mask_pool(segments, pixel_features), mask_pool(segments, region_map),
-             mask_pool(segments, pixel_values.to(pixel_features.dtype))],
-            dim=-1,
-        )
+        deep = [mask_pool(segments, pixel_features), mask_pool(segments, region_map)]
+        colour = mask_pool(segments, pixel_values.to(pixel_features.dtype))
         if segment_classes is None:
             segment_classes = torch.arange(K, device=segments.device).expand(B, K)
         geometry = segment_geometry(segments)
-        tokens = self.class_embedding(segment_classes) + self.feature_proj(pooled) + self.geometry_proj(geometry)
+        if self.part_norm:
+            parts = (self.class_embedding(segment_classes), self.feature_proj(torch.cat(deep, dim=-1)),
+                     self.colour_proj(colour), self.geometry_proj(geometry))
+            tokens = sum(norm(part) for norm, part in zip(self.part_norms, parts))
+        else:
+            tokens = (self.class_embedding(segment_classes) + self.feature_proj(torch.cat([*deep, colour], dim=-1))
+                      + self.geometry_proj(geometry))
         present = self.presence(segments)
         tokens = self.norm(tokens) * present[..., None].to(tokens.dtype)
         if self.relations is not None:

@@ -14,7 +14,7 @@ from PIL import Image
 from torch.nn import functional as F
 
 from datasets_cfg.shapes import generate_scene
-from models.caption_seg_model import CaptionSegModel, load_caption_seg, save_caption_seg
+from models.caption_seg_model import CaptionSegModel, hide_regions, load_caption_seg, save_caption_seg
 from models.segment_tokens import GEOMETRY_FEATURES, SegmentTokens, mask_pool, segment_geometry
 from tests.caption_seg_factory import build_tiny_caption_seg_model
 from tests.conftest import REPO
@@ -112,6 +112,31 @@ def test_absent_classes_get_zero_tokens_and_the_min_area_threshold():
     assert (out[0, :2].abs().sum(-1) > 0).all()
     # The tokens of present classes differ.
     assert not torch.allclose(out[0, 0], out[0, 1])
+
+
+def test_part_norm_keeps_the_class_and_place_from_being_drowned_by_large_features():
+    torch.manual_seed(0)
+    segments = torch.zeros(1, 2, 16, 16)
+    segments[0, 0, 2:6, 2:6] = 1
+    segments[0, 1, 10:14, 10:14] = 1
+    # Both segments see the same (large) pooled features and colour: only their class and place differ.
+    pixel_features, region_map, colour = 300 * torch.ones(1, 5, 16, 16), 300 * torch.ones(1, 6, 4, 4), torch.ones(1, 3, 16, 16)
+    cosine = {}
+    with torch.no_grad():
+        for part_norm in (False, True):
+            torch.manual_seed(0)
+            tokens = SegmentTokens(num_classes=2, pixel_feature_size=5, region_feature_size=6, hidden_size=16,
+                                   part_norm=part_norm)
+            for module in tokens.modules():  # the small init of the model's _init_weights
+                if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+                    module.weight.normal_(0.0, 0.02)
+            out, _ = tokens(segments, pixel_features, region_map, colour, torch.tensor([[0, 1]]))
+            cosine[part_norm] = F.cosine_similarity(out[0, 0], out[0, 1], dim=0).item()
+    # The old layout: the features swamp the rest, the two tokens are nearly the same vector.
+    assert cosine[False] > 0.999, cosine
+    # Normalised parts: the class and place the segmentation gave set the tokens apart.
+    assert cosine[True] < 0.95 and 1 - cosine[True] > 100 * (1 - cosine[False]), cosine
+    assert hasattr(tokens, "colour_proj") and tokens.feature_proj.in_features == 11
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -270,6 +295,40 @@ def test_training_uses_the_ground_truth_segments_and_inference_the_prediction(ti
     assert caption_loss(model, pixel_values, truth, ids) == caption_loss(model, pixel_values, other, ids)
 
 
+def test_hide_regions_masks_all_regions_of_the_images_it_picks():
+    # Three images, 4 regions and 2 segment slots each; the third has no segment token present.
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 1], [1, 1, 1, 1, 0, 0]], dtype=torch.bool)
+    assert torch.equal(hide_regions(mask, 4, 0.0), mask)
+    hidden = hide_regions(mask, 4, 1.0 - 1e-9)  # "always": the image without tokens still keeps its regions
+    assert torch.equal(hidden[:, 4:], mask[:, 4:])
+    assert not hidden[:2, :4].any() and hidden[2, :4].all()
+    assert mask[:, :4].all()  # the caller's mask is not changed
+    torch.manual_seed(0)
+    many = hide_regions(mask[:1].expand(4000, -1), 4, 0.3)
+    assert (many[:, :4].all(1) | ~many[:, :4].any(1)).all()  # all of an image's regions or none
+    assert abs((~many[:, 0]).float().mean().item() - 0.3) < 0.03
+
+
+def test_region_dropout_hides_the_regions_in_training_only(tiny):
+    model, tokenizer, processor = tiny
+    model = copy.deepcopy(model)
+    model.config.region_dropout = 1.0 - 1e-9
+    pixel_values, truth = shapes_batch(processor, 2)
+    ids = tokenizer(["a red circle above a star.", "a blue square."], padding=True, return_tensors="pt").input_ids
+    regions = model.encode(pixel_values).region_grid[0] * model.encode(pixel_values).region_grid[1]
+
+    def attention(training: bool) -> torch.Tensor:
+        model.train(training)
+        out = model(pixel_values, decoder_input_ids=ids[:, :-1], labels=ids[:, 1:], segmentation_labels=truth,
+                    output_attentions=True)
+        return out.attention_weights.detach()
+
+    torch.manual_seed(0)
+    trained = attention(True)
+    assert trained[..., :regions].abs().max() == 0 and trained[..., regions:].sum(-1).allclose(torch.ones(1))
+    assert attention(False)[..., :regions].sum() > 0  # inference: the regions are back
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Prediction and generation
 
@@ -316,8 +375,23 @@ def test_a_batch_generates_what_single_images_generate(tiny, photos):
         assert until_eos(b, eos) == until_eos(s, eos)
 
 
+def test_a_model_of_the_old_token_layout_saves_and_loads_unchanged(photos, tmp_path):
+    model, tokenizer, processor = build_tiny_caption_seg_model(segment_part_norm=False)
+    assert not hasattr(model.segment_tokens, "part_norms")
+    save_caption_seg(model, tokenizer, processor, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["segment_part_norm"]  # as saved before the option existed
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded, _, _ = load_caption_seg(tmp_path)
+    assert loaded.config.segment_part_norm is False
+    assert loaded.state_dict().keys() == model.state_dict().keys()
+    px = pixels(processor, photos)
+    assert torch.equal(loaded.generate(px, num_beams=2), model.generate(px, num_beams=2))
+
+
 def test_save_and_load_give_identical_captions(tiny, photos, tmp_path):
     model, tokenizer, processor = tiny
+    assert model.config.segment_part_norm  # new models get the normalised token parts
     save_caption_seg(model, tokenizer, processor, tmp_path)
     files = {p.name for p in tmp_path.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json", "caption_seg_model.py",
@@ -389,7 +463,9 @@ def test_bad_configurations_raise_value_errors(tiny):
     config = model.config.to_dict()
     for bad, match in [({"train_segments_from": "oracle"}, "train_segments_from"),
                        ({"hidden_size": 33}, "encoder_hidden_size"), ({"region_stage": 9}, "region_stage"),
-                       ({"label_smoothing": 1.0}, "label_smoothing"), ({"max_length": 1}, "max_length")]:
+                       ({"label_smoothing": 1.0}, "label_smoothing"), ({"max_length": 1}, "max_length"),
+                       ({"region_dropout": 1.0}, "region_dropout must be in"),
+                       ({"region_dropout": 0.5, "segment_aware": False}, "nothing left to attend")]:
         with pytest.raises(ValueError, match=match):
             type(model.config)(**{**config, **bad})
 
