@@ -45,9 +45,6 @@ VARIANTS = {
     "segment-aware-instance": ["--segment-units", "instance"],
     # Per-region tokens that first exchange their relative places (geometry-aware self-attention, 2 layers).
     "segment-aware-relations": ["--segment-units", "instance", "--segment-relation-layers", "2"],
-    # Per-region tokens, with half the training images' regions hidden so that the decoder must read the tokens.
-    "segment-aware-instance-dropout": ["--segment-units", "instance", "--region-dropout", "0.5"],
-    "segment-aware-dropout": ["--region-dropout", "0.5"],
     "plain": ["--no-segment-tokens"],
 }
 

@@ -82,10 +82,6 @@ class CaptionSegConfig(PreTrainedConfig):
             ``build_caption_seg_model`` (and so ``scripts/train.py``) makes new models with True.
         train_segments_from: ``"ground_truth"`` or ``"predicted"``: which segmentation makes the tokens in training.
         segmentation_loss_weight: weight of the segmentation loss in the total loss.
-        region_dropout: in training, the probability that an image's regions are hidden from the caption decoder,
-            which then has only the segment tokens to caption from (needs ``segment_aware``); 0: never. A decoder
-            that always sees the regions can learn to caption from them alone and leave the tokens unused; this
-            makes it learn to read the tokens too. Inference always shows both.
         label_smoothing: of the caption cross-entropy.
         max_length: generation limit in tokens, the start token included.
         num_beams: default beam width of ``generate``.
@@ -109,7 +105,6 @@ class CaptionSegConfig(PreTrainedConfig):
     segment_part_norm: bool = False
     train_segments_from: str = "ground_truth"
     segmentation_loss_weight: float = 1.0
-    region_dropout: float = 0.0
     label_smoothing: float = 0.0
     max_length: int = 32
     num_beams: int = 3
@@ -130,11 +125,6 @@ class CaptionSegConfig(PreTrainedConfig):
                              f"{self.segment_relation_heads}")
         if self.train_segments_from not in TRAIN_SEGMENT_SOURCES:
             raise ValueError(f"train_segments_from must be one of {TRAIN_SEGMENT_SOURCES}, not {self.train_segments_from!r}")
-        if not 0.0 <= float(self.region_dropout) < 1.0:
-            raise ValueError(f"region_dropout must be in [0, 1), not {self.region_dropout}")
-        if self.region_dropout and not self.segment_aware:
-            raise ValueError("region_dropout hides the regions so that the decoder reads the segment tokens; a model "
-                             "without segment tokens (segment_aware=False) would have nothing left to attend")
         if self.decoder.encoder_hidden_size != self.hidden_size:
             raise ValueError(
                 f"the decoder attends over features of size {self.decoder.encoder_hidden_size} but hidden_size is "
@@ -370,9 +360,6 @@ class CaptionSegModel(CaptionSegPreTrainedModel):
         logits = weights = memory_mask = caption_loss = penalty = None
         if decoder_input_ids is not None:
             memory, memory_mask = enc.memory, enc.memory_mask
-            if self.training and self.config.region_dropout > 0 and memory_mask is not None:
-                rows, cols = enc.region_grid
-                memory_mask = hide_regions(memory_mask, rows * cols, self.config.region_dropout)
             if caption_image_index is not None:
                 memory = memory[caption_image_index]
                 memory_mask = None if memory_mask is None else memory_mask[caption_image_index]
@@ -485,17 +472,6 @@ class CaptionSegModel(CaptionSegPreTrainedModel):
                 out.region_image_index, out.region_class_ids = image_index, class_ids
         return out
 
-def hide_regions(memory_mask: torch.Tensor, num_regions: int, probability: float) -> torch.Tensor:
-    """``memory_mask`` (B, N + S), regions first, with all N regions of each image masked out with
-    ``probability``; an image with no segment token present keeps its regions (the decoder needs something to
-    attend)."""
-    has_tokens = memory_mask[:, num_regions:].any(dim=1)
-    hide = (torch.rand(memory_mask.shape[0], device=memory_mask.device) < probability) & has_tokens
-    memory_mask = memory_mask.clone()
-    memory_mask[:, :num_regions] &= ~hide[:, None]
-    return memory_mask
-
-
 def build_caption_seg_model(
     tokenizer,
     class_names: list[str],
@@ -580,7 +556,6 @@ __all__ = [
     "CaptionSegPrediction",
     "build_caption_seg_model",
     "caption_seg_image_processor",
-    "hide_regions",
     "load_caption_seg",
     "save_caption_seg",
 ]

@@ -128,9 +128,6 @@ class CaptionSegTask(TrainingTask):
         p.add_argument("--segment-part-norm", choices=["on", "off"], default="on",
                        help="normalise each part of a segment token (class, pooled features, colour, geometry) on "
                             "its own before summing them (off: the layout of models saved before this option)")
-        p.add_argument("--region-dropout", type=float, default=0.0, metavar="P",
-                       help="in training, hide an image's regions from the caption decoder with probability P, so "
-                            "that it learns to caption from the segment tokens too (0: never)")
         p.add_argument("--seg-loss", default="ce:1,dice:1", help="segmentation loss terms, e.g. 'ce:1,dice:1'")
         p.add_argument("--seg-loss-weight", type=float, default=1.0)
         p.add_argument("--cell", choices=["lstm", "gru"], default="lstm")
@@ -190,11 +187,6 @@ class CaptionSegTask(TrainingTask):
             raise ValueError("--seg-loss-weight and --attention-reg must be >= 0")
         if not 0.0 <= a.label_smoothing < 1.0:
             raise ValueError(f"--label-smoothing must be in [0, 1), not {a.label_smoothing}")
-        if not 0.0 <= a.region_dropout < 1.0:
-            raise ValueError(f"--region-dropout must be in [0, 1), not {a.region_dropout}")
-        if a.region_dropout and a.no_segment_tokens:
-            raise ValueError("--region-dropout makes the decoder read the segment tokens; it needs them (drop "
-                             "--no-segment-tokens)")
         check_caption_metrics_mode(a.caption_metrics)
         if a.imagenet_weights != "none" and a.encoder != f"tu-tf_efficientnet_{a.imagenet_weights}":
             raise ValueError(
@@ -213,10 +205,6 @@ class CaptionSegTask(TrainingTask):
                     f"--init-from {a.init_from} was trained on the classes {model.config.class_names}, but the dataset "
                     f"has {self.class_names}"
                 )
-            if a.region_dropout:  # a training setting, so the command line's applies to the loaded model too
-                if not model.config.segment_aware:
-                    raise ValueError(f"--region-dropout needs segment tokens; --init-from {a.init_from} has none")
-                model.config.region_dropout = a.region_dropout
         else:
             tokenizer = train_caption_tokenizer(self.data[self.train_split]["captions"], min_frequency=a.min_word_freq,
                                                 max_length=a.max_caption_len + 2)
@@ -238,8 +226,7 @@ class CaptionSegTask(TrainingTask):
                     segment_min_area=a.segment_min_area, segment_units=a.segment_units,
                     max_segments=a.max_segments, segment_relation_layers=a.segment_relation_layers,
                     segment_relation_heads=a.segment_relation_heads, segment_part_norm=a.segment_part_norm == "on",
-                    train_segments_from=a.train_segments,
-                    segmentation_loss_weight=a.seg_loss_weight, region_dropout=a.region_dropout,
+                    train_segments_from=a.train_segments, segmentation_loss_weight=a.seg_loss_weight,
                     label_smoothing=a.label_smoothing, max_length=a.max_caption_len + 1, num_beams=a.num_beams,
                 )
             except (KeyError, RuntimeError) as err:  # smp / timm: an unknown encoder name

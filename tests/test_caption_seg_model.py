@@ -14,7 +14,7 @@ from PIL import Image
 from torch.nn import functional as F
 
 from datasets_cfg.shapes import generate_scene
-from models.caption_seg_model import CaptionSegModel, hide_regions, load_caption_seg, save_caption_seg
+from models.caption_seg_model import CaptionSegModel, load_caption_seg, save_caption_seg
 from models.segment_tokens import GEOMETRY_FEATURES, SegmentTokens, mask_pool, segment_geometry
 from tests.caption_seg_factory import build_tiny_caption_seg_model
 from tests.conftest import REPO
@@ -295,40 +295,6 @@ def test_training_uses_the_ground_truth_segments_and_inference_the_prediction(ti
     assert caption_loss(model, pixel_values, truth, ids) == caption_loss(model, pixel_values, other, ids)
 
 
-def test_hide_regions_masks_all_regions_of_the_images_it_picks():
-    # Three images, 4 regions and 2 segment slots each; the third has no segment token present.
-    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 1], [1, 1, 1, 1, 0, 0]], dtype=torch.bool)
-    assert torch.equal(hide_regions(mask, 4, 0.0), mask)
-    hidden = hide_regions(mask, 4, 1.0 - 1e-9)  # "always": the image without tokens still keeps its regions
-    assert torch.equal(hidden[:, 4:], mask[:, 4:])
-    assert not hidden[:2, :4].any() and hidden[2, :4].all()
-    assert mask[:, :4].all()  # the caller's mask is not changed
-    torch.manual_seed(0)
-    many = hide_regions(mask[:1].expand(4000, -1), 4, 0.3)
-    assert (many[:, :4].all(1) | ~many[:, :4].any(1)).all()  # all of an image's regions or none
-    assert abs((~many[:, 0]).float().mean().item() - 0.3) < 0.03
-
-
-def test_region_dropout_hides_the_regions_in_training_only(tiny):
-    model, tokenizer, processor = tiny
-    model = copy.deepcopy(model)
-    model.config.region_dropout = 1.0 - 1e-9
-    pixel_values, truth = shapes_batch(processor, 2)
-    ids = tokenizer(["a red circle above a star.", "a blue square."], padding=True, return_tensors="pt").input_ids
-    regions = model.encode(pixel_values).region_grid[0] * model.encode(pixel_values).region_grid[1]
-
-    def attention(training: bool) -> torch.Tensor:
-        model.train(training)
-        out = model(pixel_values, decoder_input_ids=ids[:, :-1], labels=ids[:, 1:], segmentation_labels=truth,
-                    output_attentions=True)
-        return out.attention_weights.detach()
-
-    torch.manual_seed(0)
-    trained = attention(True)
-    assert trained[..., :regions].abs().max() == 0 and trained[..., regions:].sum(-1).allclose(torch.ones(1))
-    assert attention(False)[..., :regions].sum() > 0  # inference: the regions are back
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Prediction and generation
 
@@ -463,9 +429,7 @@ def test_bad_configurations_raise_value_errors(tiny):
     config = model.config.to_dict()
     for bad, match in [({"train_segments_from": "oracle"}, "train_segments_from"),
                        ({"hidden_size": 33}, "encoder_hidden_size"), ({"region_stage": 9}, "region_stage"),
-                       ({"label_smoothing": 1.0}, "label_smoothing"), ({"max_length": 1}, "max_length"),
-                       ({"region_dropout": 1.0}, "region_dropout must be in"),
-                       ({"region_dropout": 0.5, "segment_aware": False}, "nothing left to attend")]:
+                       ({"label_smoothing": 1.0}, "label_smoothing"), ({"max_length": 1}, "max_length")]:
         with pytest.raises(ValueError, match=match):
             type(model.config)(**{**config, **bad})
 

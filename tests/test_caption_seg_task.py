@@ -152,8 +152,6 @@ def test_a_dataset_without_masks_is_a_clear_error(tmp_path, cache, capsys):
         (["--decoder-channels", "16,x,8"], "--decoder-channels must be comma-separated integers"),
         (["--segment-relation-layers", "-1"], "--segment-relation-layers must be >= 0"),
         (["--image-skip-channels", "-2"], "--image-skip-channels must be >= 0"),
-        (["--region-dropout", "1"], r"--region-dropout must be in \[0, 1\)"),
-        (["--no-segment-tokens", "--region-dropout", "0.5"], "--region-dropout makes the decoder read the segment"),
         (["--train-encoder-stages", "-1"], "--train-encoder-stages must be >= 0"),
         (["--encoder", "resnet18", "--train-encoder-stages", "1"], "needs a timm encoder .*not 'resnet18'"),
         (["--segment-relation-layers", "1", "--segment-relation-heads", "5"],
