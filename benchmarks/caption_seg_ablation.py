@@ -45,8 +45,6 @@ VARIANTS = {
     "segment-aware-instance": ["--segment-units", "instance"],
     # Per-region tokens that first exchange their relative places (geometry-aware self-attention, 2 layers).
     "segment-aware-relations": ["--segment-units", "instance", "--segment-relation-layers", "2"],
-    # Per-region tokens plus a token per ordered pair of them (where one is relative to the other).
-    "segment-aware-pairs": ["--segment-units", "instance", "--segment-pair-tokens"],
     "plain": ["--no-segment-tokens"],
 }
 

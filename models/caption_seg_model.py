@@ -49,8 +49,7 @@ from .class_ids import class_ids
 from .lstm_decoder import LSTMDecoderConfig, LSTMDecoderForCausalLM, doubly_stochastic_penalty
 from .memory_format import like_weight
 from .region_encoders import sincos_position_embeddings
-from .segment_pair_tokens import SegmentPairTokens
-from .segment_tokens import SegmentTokens, instance_segments, segment_geometry
+from .segment_tokens import SegmentTokens, instance_segments
 from .segmentation_image_processor import SegmentationImageProcessor
 from .unet import UnetConfig, UnetForSemanticSegmentation
 
@@ -81,8 +80,6 @@ class CaptionSegConfig(PreTrainedConfig):
             geometry) on its own before summing them (``segment_tokens.py`` says why). False, the layout of models
             saved before it existed, is the config's default so that they load unchanged;
             ``build_caption_seg_model`` (and so ``scripts/train.py``) makes new models with True.
-        segment_pair_tokens: also one token per ordered pair of present segments, carrying where one is relative to
-            the other (``segment_pair_tokens.py``), appended after the segment tokens; needs ``segment_aware``.
         train_segments_from: ``"ground_truth"`` or ``"predicted"``: which segmentation makes the tokens in training.
         segmentation_loss_weight: weight of the segmentation loss in the total loss.
         label_smoothing: of the caption cross-entropy.
@@ -106,7 +103,6 @@ class CaptionSegConfig(PreTrainedConfig):
     segment_relation_layers: int = 0
     segment_relation_heads: int = 8
     segment_part_norm: bool = False
-    segment_pair_tokens: bool = False
     train_segments_from: str = "ground_truth"
     segmentation_loss_weight: float = 1.0
     label_smoothing: float = 0.0
@@ -127,8 +123,6 @@ class CaptionSegConfig(PreTrainedConfig):
         if self.segment_relation_layers and self.hidden_size % self.segment_relation_heads:
             raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of segment_relation_heads "
                              f"{self.segment_relation_heads}")
-        if self.segment_pair_tokens and not self.segment_aware:
-            raise ValueError("segment_pair_tokens are built from the segment tokens; they need segment_aware=True")
         if self.train_segments_from not in TRAIN_SEGMENT_SOURCES:
             raise ValueError(f"train_segments_from must be one of {TRAIN_SEGMENT_SOURCES}, not {self.train_segments_from!r}")
         if self.decoder.encoder_hidden_size != self.hidden_size:
@@ -158,9 +152,8 @@ class CaptionSegEncoding(ModelOutput):
 
     Args:
         segmentation_logits: (B, K, H, W) class scores at the input's resolution.
-        memory: (B, N + S (+ P), C) regions, then segment tokens, then (with ``segment_pair_tokens``) the
-            P = S(S-1) pair tokens; (B, N, C) without segment tokens.
-        memory_mask: (B, N + S (+ P)) bool, True where the decoder may attend; None without segment tokens.
+        memory: (B, N + K, C) regions then segment tokens (or (B, N, C) without segment tokens).
+        memory_mask: (B, N + S) bool, True where the decoder may attend; None without segment tokens.
         segments: (B, S, H, W) one-hot masks of the segments that made the tokens (from the arg-max at
             inference); S = K classes or ``max_segments`` instances.
         segment_classes: (B, S) the class of each segment.
@@ -212,8 +205,7 @@ class CaptionSegPrediction(ModelOutput):
         region_class_ids: (R,) the class of each region caption.
         attention_weights: (B, T - 1, N + K) where the decoder looked while predicting each token of ``sequences``
             after the start token (regions first, then segment tokens), when asked.
-        memory_mask: (B, N + S (+ P)) which regions, segment tokens (and pair tokens) could be attended, when
-            attention was asked.
+        memory_mask: (B, N + S) which regions and segment tokens could be attended, when attention was asked.
         segment_classes: (B, S) the class of each segment token, when attention was asked.
         region_grid: (rows, columns) of the N regions.
     """
@@ -277,8 +269,6 @@ class CaptionSegModel(CaptionSegPreTrainedModel):
             relation_heads=config.segment_relation_heads,
             part_norm=config.segment_part_norm,
         )
-        # Only built when asked, so models saved without them load (and initialise) exactly as before.
-        self.pair_tokens = SegmentPairTokens(C) if config.segment_pair_tokens else None
         self.post_init()
 
     # ------------------------------------------------------------------------------------------------ encoder pass
@@ -332,13 +322,10 @@ class CaptionSegModel(CaptionSegPreTrainedModel):
             return CaptionSegEncoding(segmentation_logits=segmentation_logits, memory=regions, memory_mask=None,
                                       segments=segments, segment_classes=segment_classes, region_grid=(rows, cols))
         tokens, present = self.segment_tokens(segments, pixel_features, region_map, pixel_values, segment_classes)
-        parts, masks = [regions, tokens], [torch.ones(regions.shape[:2], dtype=torch.bool, device=regions.device), present]
-        if self.pair_tokens is not None:
-            pairs, pair_present, _ = self.pair_tokens(tokens, segment_geometry(segments.to(tokens.dtype)), present)
-            parts.append(pairs)
-            masks.append(pair_present)
-        return CaptionSegEncoding(segmentation_logits=segmentation_logits, memory=torch.cat(parts, dim=1),
-                                  memory_mask=torch.cat(masks, dim=1), segments=segments,
+        memory = torch.cat([regions, tokens], dim=1)
+        region_ok = torch.ones(regions.shape[:2], dtype=torch.bool, device=regions.device)
+        return CaptionSegEncoding(segmentation_logits=segmentation_logits, memory=memory,
+                                  memory_mask=torch.cat([region_ok, present], dim=1), segments=segments,
                                   segment_classes=segment_classes, region_grid=(rows, cols))
 
     # ----------------------------------------------------------------------------------------------------- forward
@@ -440,8 +427,7 @@ class CaptionSegModel(CaptionSegPreTrainedModel):
 
     def _region_memory(self, enc: CaptionSegEncoding, skip_classes: set[int]):
         """Per (image, present segment) pair: the image's memory masked to the regions the segment covers (and its
-        own segment token; no pair token, since a pair involves another segment), for a caption of that segment
-        alone."""
+        own segment token), for a caption of that segment alone."""
         rows, cols = enc.region_grid
         coverage = F.adaptive_avg_pool2d(enc.segments, (rows, cols)).flatten(2) > 0  # (B, S, N)
         present = self.segment_tokens.presence(enc.segments)  # (B, S)
@@ -455,9 +441,7 @@ class CaptionSegModel(CaptionSegPreTrainedModel):
         segment_index = torch.tensor([k for _, k in pairs], device=enc.memory.device)
         masks = coverage[image_index, segment_index]  # (R, N)
         if aware:
-            own_token = F.one_hot(segment_index, S).bool()
-            no_pairs = masks.new_zeros(len(pairs), enc.memory.shape[1] - rows * cols - S)
-            masks = torch.cat([masks, own_token, no_pairs], dim=1)
+            masks = torch.cat([masks, F.one_hot(segment_index, S).bool()], dim=1)
         return enc.memory[image_index], masks, image_index, enc.segment_classes[image_index, segment_index]
 
     @torch.no_grad()

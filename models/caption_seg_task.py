@@ -125,8 +125,6 @@ class CaptionSegTask(TrainingTask):
         p.add_argument("--segment-relation-layers", type=int, default=0,
                        help="layers of geometry-aware self-attention among the segment tokens (0: none)")
         p.add_argument("--segment-relation-heads", type=int, default=8, help="heads of those layers")
-        p.add_argument("--segment-pair-tokens", action="store_true",
-                       help="also a token per ordered pair of segments, saying where one is relative to the other")
         p.add_argument("--segment-part-norm", choices=["on", "off"], default="on",
                        help="normalise each part of a segment token (class, pooled features, colour, geometry) on "
                             "its own before summing them (off: the layout of models saved before this option)")
@@ -189,8 +187,6 @@ class CaptionSegTask(TrainingTask):
             raise ValueError("--seg-loss-weight and --attention-reg must be >= 0")
         if not 0.0 <= a.label_smoothing < 1.0:
             raise ValueError(f"--label-smoothing must be in [0, 1), not {a.label_smoothing}")
-        if a.segment_pair_tokens and a.no_segment_tokens:
-            raise ValueError("--segment-pair-tokens are built from the segment tokens; drop --no-segment-tokens")
         check_caption_metrics_mode(a.caption_metrics)
         if a.imagenet_weights != "none" and a.encoder != f"tu-tf_efficientnet_{a.imagenet_weights}":
             raise ValueError(
@@ -229,7 +225,6 @@ class CaptionSegTask(TrainingTask):
                     region_stage=a.region_stage, hidden_size=a.hidden_size, segment_aware=not a.no_segment_tokens,
                     segment_min_area=a.segment_min_area, segment_units=a.segment_units,
                     max_segments=a.max_segments, segment_relation_layers=a.segment_relation_layers,
-                    segment_pair_tokens=a.segment_pair_tokens,
                     segment_relation_heads=a.segment_relation_heads, segment_part_norm=a.segment_part_norm == "on",
                     train_segments_from=a.train_segments, segmentation_loss_weight=a.seg_loss_weight,
                     label_smoothing=a.label_smoothing, max_length=a.max_caption_len + 1, num_beams=a.num_beams,

@@ -242,9 +242,8 @@ class CaptionSegPipeline(ImagePipeline):
         result = {"words": words, "attention_maps": weights[:, : rows * cols].reshape(-1, rows, cols).numpy()}
         segment_weights = weights[:, rows * cols:]
         if segment_weights.shape[1]:
+            present = model_outputs["memory_mask"][0][rows * cols:].tolist()
             classes = model_outputs["segment_classes"][0].tolist()
-            # After the segment tokens may come pair tokens (segment_pair_tokens), which name no one segment.
-            present = model_outputs["memory_mask"][0][rows * cols: rows * cols + len(classes)].tolist()
             id2label = self.model.config.id2label
             result["segment_attention"] = []
             for w in segment_weights:  # two segments of one class (two circles) add up under its name

@@ -32,7 +32,7 @@ def build_tiny_caption_seg_model(segment_aware: bool = True, image_size: int = 6
     return model.eval(), tokenizer, processor
 
 
-def save_tiny_caption_seg_model(folder: str | Path, segment_aware: bool = True, **config_options) -> Path:
+def save_tiny_caption_seg_model(folder: str | Path, segment_aware: bool = True) -> Path:
     """Save the tiny model (config, safetensors, tokenizer, image processor, code) into ``folder``."""
-    model, tokenizer, processor = build_tiny_caption_seg_model(segment_aware, **config_options)
+    model, tokenizer, processor = build_tiny_caption_seg_model(segment_aware)
     return save_caption_seg(model, tokenizer, processor, folder)

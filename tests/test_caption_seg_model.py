@@ -15,7 +15,6 @@ from torch.nn import functional as F
 
 from datasets_cfg.shapes import generate_scene
 from models.caption_seg_model import CaptionSegModel, load_caption_seg, save_caption_seg
-from models.segment_pair_tokens import SegmentPairTokens, ordered_pairs
 from models.segment_tokens import GEOMETRY_FEATURES, SegmentTokens, mask_pool, segment_geometry
 from tests.caption_seg_factory import build_tiny_caption_seg_model
 from tests.conftest import REPO
@@ -588,61 +587,3 @@ def test_segmenter_with_the_image_skip_trains_saves_and_loads(photos, tmp_path):
     loaded, _, _ = load_caption_seg(folder)
     px = pixels(processor, photos)
     assert torch.equal(loaded.generate(px, num_beams=2), model.generate(px, num_beams=2))
-
-
-# --------------------------------------------------------------------------------------------------- pair tokens
-def test_ordered_pairs_lists_every_pair_once_in_each_order():
-    assert ordered_pairs(3).tolist() == [[0, 1], [0, 2], [1, 0], [1, 2], [2, 0], [2, 1]]
-    assert ordered_pairs(1).shape == (0, 2)
-
-
-def test_pair_tokens_are_present_when_both_segments_are_and_depend_on_the_sign_of_the_offset():
-    torch.manual_seed(0)
-    pairs = SegmentPairTokens(hidden_size=16)
-    tokens = torch.randn(1, 1, 16).expand(1, 3, 16).clone()  # three segments that look the same
-    # Segment 0 at the top, 1 at the bottom, 2 absent.
-    geometry = torch.tensor([[[0.2, 0.5, 0.2, 0.1, 0.1, 0.4, 0.1, 0.6, 0.3],
-                              [0.2, 0.5, 0.8, 0.1, 0.1, 0.4, 0.7, 0.6, 0.9],
-                              [0.0] * GEOMETRY_FEATURES]])
-    present = torch.tensor([[True, True, False]])
-    out, pair_present, index = pairs(tokens, geometry, present)
-    assert out.shape == (1, 6, 16) and index.tolist() == ordered_pairs(3).tolist()
-    assert pair_present.tolist() == [[True, False, True, False, False, False]]  # (0, 1) and (1, 0) only
-    assert torch.equal(out[0, ~pair_present[0]], torch.zeros(4, 16))
-    # Same-looking segments: "0 above 1" and "1 below 0" differ only through the signed offsets.
-    assert F.cosine_similarity(out[0, 0], out[0, 2], dim=0) < 0.99
-
-
-def test_pair_tokens_in_the_model_train_save_load_and_stay_out_of_region_captions(photos, tmp_path):
-    model, tokenizer, processor = build_tiny_caption_seg_model(segment_units="instance", max_segments=4,
-                                                               segment_pair_tokens=True)
-    px = pixels(processor, photos)
-    enc = model.encode(px)
-    rows, cols = enc.region_grid
-    S = enc.segments.shape[1]
-    assert enc.memory.shape[1] == rows * cols + S + S * (S - 1)
-    present = enc.memory_mask[:, rows * cols: rows * cols + S]
-    assert torch.equal(enc.memory_mask[:, rows * cols + S:], present[:, ordered_pairs(S)].all(-1))
-
-    pixel_values, seg_labels = shapes_batch(processor, 2)
-    captions = tokenizer(["a red circle above a star.", "a blue square."], padding=True, return_tensors="pt").input_ids
-    inputs, labels = captions[:, :-1], captions[:, 1:].masked_fill(captions[:, 1:] == tokenizer.pad_token_id, -100)
-    model.train()
-    model(pixel_values, decoder_input_ids=inputs, labels=labels, segmentation_labels=seg_labels).caption_loss.backward()
-    for name, param in model.pair_tokens.named_parameters():
-        assert param.grad is not None and param.grad.abs().sum() > 0, name
-    model.eval()
-
-    # A region caption sees its segment's regions and token, never a pair token.
-    pred = model.predict(px, region_captions=True)
-    memory, masks, _, _ = model._region_memory(model.encode(px, need_segments=True), set())
-    assert masks.shape[1] == memory.shape[1] and not masks[:, rows * cols + S:].any()
-    assert pred.region_sequences is not None
-
-    folder = save_caption_seg(model, tokenizer, processor, tmp_path / "model")
-    assert (folder / "segment_pair_tokens.py").is_file()
-    loaded, _, _ = load_caption_seg(folder)
-    assert loaded.config.segment_pair_tokens and loaded.pair_tokens is not None
-    assert torch.equal(loaded.generate(px, num_beams=2), model.generate(px, num_beams=2))
-    with pytest.raises(ValueError, match="segment_pair_tokens .* need segment_aware"):
-        type(model.config)(**{**model.config.to_dict(), "segment_aware": False})

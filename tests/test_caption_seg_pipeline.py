@@ -185,27 +185,6 @@ def test_attention_per_word_over_the_grid_and_the_present_segments(pipe, model_p
         assert word_map.sum() + sum(per_class.values()) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_attention_with_pair_tokens_names_the_segments_and_leaves_the_pairs_out(tmp_path):
-    folder = save_tiny_caption_seg_model(tmp_path / "pairs", segment_pair_tokens=True)
-    pipe = pipeline(TASK, model=str(folder), device="cpu")
-    image = photos(1)[0]
-    out = pipe(image, **ALL)
-    model, _, processor = load_caption_seg(folder)
-    pred = model.predict(processor([image], return_tensors="pt")["pixel_values"], return_attention=True)
-    rows, cols = out["attention_maps"].shape[1:]
-    classes = len(model.config.id2label)
-    pair_weight = pred.attention_weights[0, :, rows * cols + classes:].sum(-1)
-    assert pred.memory_mask.shape[1] == rows * cols + classes * classes  # regions, 7 classes, 42 pairs
-    present = pred.memory_mask[0, rows * cols: rows * cols + classes].tolist()
-    present_labels = [model.config.id2label[k] for k, p in enumerate(present) if p]
-    assert out["caption"] and len(out["segment_attention"]) == len(out["words"])
-    for t, (word_map, per_class) in enumerate(zip(out["attention_maps"], out["segment_attention"])):
-        assert list(per_class) == present_labels
-        # What is not on the grid or a segment is on the pair tokens.
-        total = word_map.sum() + sum(per_class.values()) + float(pair_weight[t])
-        assert total == pytest.approx(1.0, abs=1e-5)
-
-
 def test_without_segment_tokens_segments_are_unchanged_and_attention_is_on_the_grid(pipe):
     image = photos(1)[0]
     aware = pipe(image, return_attention=True, region_captions=True)
