@@ -120,7 +120,8 @@ def test_part_norm_keeps_the_class_and_place_from_being_drowned_by_large_feature
     segments[0, 0, 2:6, 2:6] = 1
     segments[0, 1, 10:14, 10:14] = 1
     # Both segments see the same (large) pooled features and colour: only their class and place differ.
-    pixel_features, region_map, colour = 300 * torch.ones(1, 5, 16, 16), 300 * torch.ones(1, 6, 4, 4), torch.ones(1, 3, 16, 16)
+    pixel_features, region_map = 300 * torch.ones(1, 5, 16, 16), 300 * torch.ones(1, 6, 4, 4)
+    colour = torch.ones(1, 3, 16, 16)
     cosine = {}
     with torch.no_grad():
         for part_norm in (False, True):

@@ -229,6 +229,12 @@ def test_train_encoder_stages_freezes_the_shared_encoders_first_stages(shapes):
     assert sum(len(g["params"]) for g in groups) == len(others) + len(trainable)
 
 
+def test_segment_part_norm_is_on_for_new_models_and_off_on_request(shapes):
+    assert make_task(shapes).build_model().config.segment_part_norm
+    model = make_task(shapes, "--segment-part-norm", "off").build_model()
+    assert not model.config.segment_part_norm and not hasattr(model.segment_tokens, "part_norms")
+
+
 def test_masks_missing_from_the_data_is_a_value_error(shapes):
     data, _ = shapes
     with pytest.raises(ValueError, match="needs a dataset with captions and masks.*'mask'"):
