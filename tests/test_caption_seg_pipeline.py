@@ -16,6 +16,7 @@ from models.unet import UnetConfig, UnetForSemanticSegmentation
 from pipelines import CaptionSegPipeline
 from pipelines.caption_consistency import consistency_report, is_named
 from tests.caption_seg_factory import save_tiny_caption_seg_model
+from tests.caption_words import caption_words_match
 from tests.image_factory import photo_array, write_photo
 
 TASK = "image-captioning-seg"
@@ -42,15 +43,6 @@ def photos(n: int, sizes=((50, 70),)) -> list[Image.Image]:
     """n different RGB photos, cycling through (height, width) sizes."""
     return [Image.fromarray(photo_array(w=sizes[i % len(sizes)][1], h=sizes[i % len(sizes)][0], seed=i))
             for i in range(n)]
-
-
-def caption_words_match(words: list[str], caption: str) -> bool:
-    # The word tokenizer decodes punctuation as its own token: "there ," in words, "there," in the caption (any
-    # punctuation: a random model may also say "behind :").
-    text = ""
-    for word in words:
-        text += word if text and all(not c.isalnum() for c in word) else (" " + word if text else word)
-    return text == caption
 
 
 # --------------------------------------------------------------------------------------------------------------------
