@@ -258,3 +258,112 @@ def test_doubly_stochastic_penalty_ignores_masked_regions():
     # Regions 0 and 1 each get exactly 1 over the caption: no penalty. Region 2 would add (1 - 0)^2 if it counted.
     assert doubly_stochastic_penalty(weights, region_mask=torch.tensor([[True, True, False]])).item() == 0.0
     assert doubly_stochastic_penalty(weights).item() == pytest.approx(1 / 3)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# glimpse_offsets: the cell also sees where its attention looks and how far that moved since the previous step
+
+
+def above_or_below_batch(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two memory items whose features say only which is "A" and which is "B", at random places and in random slot
+    order; the sequence is <bos> a REL with REL = 4 ("above") when A is higher (smaller y) than B, else 5."""
+    g = torch.Generator().manual_seed(seed)
+    positions = torch.rand(n, 2, 2, generator=g)
+    dy = positions[:, 0, 1] - positions[:, 1, 1]
+    positions[:, 0, 1] += 0.1 * torch.sign(dy)  # no near-ties
+    positions = positions.clamp(0, 1)
+    features = torch.zeros(n, 2, C)
+    features[:, 0, 0] = features[:, 1, 1] = 1.0  # slot 0 is A, slot 1 is B ...
+    flip = torch.rand(n, generator=g) < 0.5  # ... then swap the slots of half the rows
+    features = torch.where(flip[:, None, None], features.flip(1), features)
+    positions_in_slots = torch.where(flip[:, None, None], positions.flip(1), positions)
+    ids = torch.tensor([1, 3, 0]).repeat(n, 1)
+    ids[:, 2] = torch.where(dy < 0, 4, 5)
+    return features, positions_in_slots, ids
+
+
+@pytest.mark.parametrize("cell,layers", [("lstm", 1), ("gru", 1), ("lstm", 2)])
+def test_glimpse_offsets_incremental_decoding_matches_teacher_forcing(cell, layers):
+    torch.manual_seed(0)
+    model = tiny_decoder(cell, layers, glimpse_offsets=True).eval()
+    features, positions = torch.randn(3, 7, C), torch.rand(3, 7, 2)
+    ids = torch.randint(0, VOCAB, (3, 6))
+    kw = dict(encoder_hidden_states=features, encoder_positions=positions)
+    with torch.no_grad():
+        full = model(input_ids=ids, use_cache=False, output_attentions=True, **kw)
+        step = model(input_ids=ids[:, :2], use_cache=True, **kw)
+        logits, cache = [step.logits], step.cache
+        for t in range(2, ids.shape[1]):
+            step = model(input_ids=ids[:, t : t + 1], cache=cache, use_cache=True, **kw)
+            logits.append(step.logits)
+    torch.testing.assert_close(torch.cat(logits, dim=1), full.logits, rtol=1e-5, atol=1e-5)
+    # The top cell's cache layer keeps the last glimpse: the place of the most attended region, in [-1, 1].
+    last = (positions * 2 - 1)[torch.arange(3), full.attention_weights[:, -1].argmax(-1)]
+    torch.testing.assert_close(cache.get_recurrent_state(layers - 1, state_idx=1), last)
+
+
+def test_glimpse_offsets_beam_search_with_the_cache_equals_recomputing_and_reorders_the_glimpse(monkeypatch):
+    torch.manual_seed(1)
+    model = tiny_decoder(glimpse_offsets=True).eval()
+    features, positions = torch.randn(3, 6, C), torch.rand(3, 6, 2)
+    start = torch.ones(3, 1, dtype=torch.long)
+    kw = dict(encoder_hidden_states=features, encoder_positions=positions, num_beams=4, max_length=9,
+              return_dict_in_generate=True, output_scores=True, eos_token_id=2, pad_token_id=0)
+    cached = model.generate(input_ids=start, **kw)
+    uncached = model.generate(input_ids=start, use_cache=False, **kw)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    torch.testing.assert_close(cached.sequences_scores, uncached.sequences_scores)
+    # Reordering the cell state alone, not the glimpse, goes wrong: the glimpse is part of the state.
+    from transformers.cache_utils import LinearAttentionLayer
+
+    original = LinearAttentionLayer.reorder_cache
+
+    def reorder_all_but_the_glimpse(self, beam_idx):
+        kept = self.recurrent_states.get(1)
+        original(self, beam_idx)
+        if kept is not None:
+            self.recurrent_states[1] = kept
+
+    monkeypatch.setattr(LinearAttentionLayer, "reorder_cache", reorder_all_but_the_glimpse)
+    wrong = model.generate(input_ids=start, **kw)
+    assert not torch.allclose(wrong.sequences_scores, uncached.sequences_scores)
+
+
+def train_above_or_below(glimpse_offsets: bool, steps: int = 300) -> LSTMDecoderForCausalLM:
+    torch.manual_seed(0)
+    model = tiny_decoder(glimpse_offsets=glimpse_offsets, attention_regularization=0.0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(steps):
+        features, positions, ids = above_or_below_batch(64, seed=step)
+        where = {"encoder_positions": positions} if glimpse_offsets else {}
+        loss = model(input_ids=ids, encoder_hidden_states=features, labels=ids, **where).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def test_glimpse_offsets_let_the_decoder_tell_above_from_below():
+    """Without positions among its inputs the decoder cannot answer (it sees the same two features in either place):
+    it stays at chance. With glimpse offsets it learns to, and its answer follows the places: swapping them flips it."""
+    blind, model = train_above_or_below(glimpse_offsets=False), train_above_or_below(glimpse_offsets=True)
+    features, positions, ids = above_or_below_batch(400, seed=10_000)
+    with torch.no_grad():
+        blind = blind(input_ids=ids, encoder_hidden_states=features).logits
+        answer = model(input_ids=ids, encoder_hidden_states=features, encoder_positions=positions).logits[:, 1, 4:6]
+        swapped = model(input_ids=ids, encoder_hidden_states=features, encoder_positions=positions.flip(1)).logits[:, 1, 4:6]
+    assert 0.4 <= (blind[:, 1, 4:6].argmax(-1) + 4 == ids[:, 2]).float().mean() <= 0.6
+    said = answer.argmax(-1) + 4
+    assert (said == ids[:, 2]).float().mean() >= 0.95
+    assert (swapped.argmax(-1) + 4 != said).float().mean() >= 0.95
+
+
+def test_glimpse_offsets_need_positions_of_the_right_shape():
+    model = tiny_decoder(glimpse_offsets=True).eval()
+    ids, features = torch.randint(0, VOCAB, (2, 3)), torch.randn(2, 5, C)
+    with pytest.raises(ValueError, match="encoder_positions"):
+        model(input_ids=ids, encoder_hidden_states=features)
+    with pytest.raises(ValueError, match="encoder_positions"):
+        model(input_ids=ids, encoder_hidden_states=features, encoder_positions=torch.rand(2, 4, 2))
+    assert DynamicCache(config=model.config).layers[0].number_of_states == 2
+    assert DynamicCache(config=tiny_decoder().config).layers[0].number_of_states == 1  # unchanged without
