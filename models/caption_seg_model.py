@@ -49,7 +49,7 @@ from .class_ids import class_ids
 from .lstm_decoder import LSTMDecoderConfig, LSTMDecoderForCausalLM, doubly_stochastic_penalty
 from .memory_format import like_weight
 from .region_encoders import sincos_position_embeddings
-from .segment_tokens import SegmentTokens, instance_segments, segment_geometry
+from .segment_tokens import SegmentTokens, instance_segments
 from .segmentation_image_processor import SegmentationImageProcessor
 from .unet import UnetConfig, UnetForSemanticSegmentation
 
@@ -158,14 +158,11 @@ class CaptionSegEncoding(ModelOutput):
             inference); S = K classes or ``max_segments`` instances.
         segment_classes: (B, S) the class of each segment.
         region_grid: (rows, columns) of the N regions.
-        memory_positions: (B, N + S, 2) the (x, y) in [0, 1] of each region's centre and each segment's centroid,
-            when the decoder was built with ``glimpse_offsets``; else None.
     """
 
     segmentation_logits: torch.Tensor | None = None
     memory: torch.Tensor | None = None
     memory_mask: torch.Tensor | None = None
-    memory_positions: torch.Tensor | None = None
     segments: torch.Tensor | None = None
     segment_classes: torch.Tensor | None = None
     region_grid: tuple[int, int] | None = None
@@ -309,15 +306,9 @@ class CaptionSegModel(CaptionSegPreTrainedModel):
         position = sincos_position_embeddings(self.config.hidden_size, rows, cols).to(region_map)
         regions = (region_map + position).flatten(2).transpose(1, 2)  # (B, N, C)
 
-        region_positions = None
-        if self.config.decoder.glimpse_offsets:
-            ys = (torch.arange(rows, device=regions.device, dtype=regions.dtype) + 0.5) / rows
-            xs = (torch.arange(cols, device=regions.device, dtype=regions.dtype) + 0.5) / cols
-            grid = torch.stack([xs.expand(rows, cols), ys[:, None].expand(rows, cols)], dim=-1)  # row-major, as regions
-            region_positions = grid.reshape(1, rows * cols, 2).expand(regions.shape[0], -1, -1)
         if not aware and not need_segments:
             return CaptionSegEncoding(segmentation_logits=segmentation_logits, memory=regions, memory_mask=None,
-                                      memory_positions=region_positions, region_grid=(rows, cols))
+                                      region_grid=(rows, cols))
         num_classes = segmentation_logits.shape[1]
         use_truth = self.training and segmentation_labels is not None and self.config.train_segments_from == "ground_truth"
         class_map = segmentation_labels if use_truth else class_ids(segmentation_logits.detach(), dim=1)
@@ -329,18 +320,12 @@ class CaptionSegModel(CaptionSegPreTrainedModel):
             segment_classes = torch.arange(num_classes, device=segments.device).expand(segments.shape[0], -1)
         if not aware:
             return CaptionSegEncoding(segmentation_logits=segmentation_logits, memory=regions, memory_mask=None,
-                                      memory_positions=region_positions, segments=segments,
-                                      segment_classes=segment_classes, region_grid=(rows, cols))
+                                      segments=segments, segment_classes=segment_classes, region_grid=(rows, cols))
         tokens, present = self.segment_tokens(segments, pixel_features, region_map, pixel_values, segment_classes)
         memory = torch.cat([regions, tokens], dim=1)
         region_ok = torch.ones(regions.shape[:2], dtype=torch.bool, device=regions.device)
-        memory_positions = None
-        if region_positions is not None:
-            centroids = segment_geometry(segments.to(regions.dtype))[..., 1:3]  # (B, S, 2): cx, cy
-            memory_positions = torch.cat([region_positions, centroids], dim=1)
         return CaptionSegEncoding(segmentation_logits=segmentation_logits, memory=memory,
-                                  memory_mask=torch.cat([region_ok, present], dim=1),
-                                  memory_positions=memory_positions, segments=segments,
+                                  memory_mask=torch.cat([region_ok, present], dim=1), segments=segments,
                                   segment_classes=segment_classes, region_grid=(rows, cols))
 
     # ----------------------------------------------------------------------------------------------------- forward
@@ -374,11 +359,10 @@ class CaptionSegModel(CaptionSegPreTrainedModel):
 
         logits = weights = memory_mask = caption_loss = penalty = None
         if decoder_input_ids is not None:
-            memory, memory_mask, positions = enc.memory, enc.memory_mask, enc.memory_positions
+            memory, memory_mask = enc.memory, enc.memory_mask
             if caption_image_index is not None:
                 memory = memory[caption_image_index]
                 memory_mask = None if memory_mask is None else memory_mask[caption_image_index]
-                positions = None if positions is None else positions[caption_image_index]
             elif memory.shape[0] != decoder_input_ids.shape[0]:
                 raise ValueError(
                     f"{decoder_input_ids.shape[0]} caption rows for {memory.shape[0]} images: pass caption_image_index"
@@ -386,8 +370,7 @@ class CaptionSegModel(CaptionSegPreTrainedModel):
             reg = self.config.decoder.attention_regularization
             want_weights = bool(output_attentions) or (labels is not None and reg > 0)
             out = self.decoder(input_ids=decoder_input_ids, encoder_hidden_states=memory,
-                               encoder_attention_mask=memory_mask, encoder_positions=positions,
-                               output_attentions=want_weights, use_cache=False)
+                               encoder_attention_mask=memory_mask, output_attentions=want_weights, use_cache=False)
             logits, weights = out.logits, out.attention_weights
             if labels is not None:
                 caption_loss = F.cross_entropy(
@@ -428,14 +411,11 @@ class CaptionSegModel(CaptionSegPreTrainedModel):
 
     @torch.no_grad()
     def generate_from_memory(self, memory: torch.Tensor, memory_mask: torch.Tensor | None = None,
-                             memory_positions: torch.Tensor | None = None, **generate_kwargs) -> torch.LongTensor:
-        """(B, T) caption ids, start token first, from (B, M, C) memory (and its (B, M) mask and (B, M, 2)
-        positions, as ``CaptionSegEncoding`` holds them)."""
+                             **generate_kwargs) -> torch.LongTensor:
+        """(B, T) caption ids, start token first, from (B, M, C) memory (and its (B, M) mask)."""
         config = self.caption_generation_config(**generate_kwargs)
         start = torch.full((memory.shape[0], 1), config.bos_token_id, dtype=torch.long, device=memory.device)
         extra = {} if memory_mask is None else {"encoder_attention_mask": memory_mask}
-        if memory_positions is not None:
-            extra["encoder_positions"] = memory_positions
         return self.decoder.generate(input_ids=start, encoder_hidden_states=memory, generation_config=config, **extra)
 
     @torch.no_grad()
@@ -443,7 +423,7 @@ class CaptionSegModel(CaptionSegPreTrainedModel):
         """(B, T) caption ids (start token first, ``<pad>`` after ``<eos>``); ``num_beams``, ``max_new_tokens`` and
         other ``GenerationConfig`` fields as keyword arguments."""
         enc = self.encode(pixel_values, segment_aware)
-        return self.generate_from_memory(enc.memory, enc.memory_mask, enc.memory_positions, **generate_kwargs)
+        return self.generate_from_memory(enc.memory, enc.memory_mask, **generate_kwargs)
 
     def _region_memory(self, enc: CaptionSegEncoding, skip_classes: set[int]):
         """Per (image, present segment) pair: the image's memory masked to the regions the segment covers (and its
@@ -462,8 +442,7 @@ class CaptionSegModel(CaptionSegPreTrainedModel):
         masks = coverage[image_index, segment_index]  # (R, N)
         if aware:
             masks = torch.cat([masks, F.one_hot(segment_index, S).bool()], dim=1)
-        positions = None if enc.memory_positions is None else enc.memory_positions[image_index]
-        return enc.memory[image_index], masks, positions, image_index, enc.segment_classes[image_index, segment_index]
+        return enc.memory[image_index], masks, image_index, enc.segment_classes[image_index, segment_index]
 
     @torch.no_grad()
     def predict(self, pixel_values: torch.Tensor, segment_aware: bool | None = None, region_captions: bool = False,
@@ -473,14 +452,13 @@ class CaptionSegModel(CaptionSegPreTrainedModel):
         token; with ``return_attention``, the decoder's attention while it predicted each caption token (one more
         teacher-forced decoder pass over the generated captions)."""
         enc = self.encode(pixel_values, segment_aware, need_segments=region_captions)
-        sequences = self.generate_from_memory(enc.memory, enc.memory_mask, enc.memory_positions, **generate_kwargs)
+        sequences = self.generate_from_memory(enc.memory, enc.memory_mask, **generate_kwargs)
         out = CaptionSegPrediction(segmentation_logits=enc.segmentation_logits, sequences=sequences,
                                    region_grid=enc.region_grid)
         if return_attention:
             # Padding after <eos> is right padding: it never changes the weights of the tokens before it.
             decoded = self.decoder(input_ids=sequences[:, :-1], encoder_hidden_states=enc.memory,
-                                   encoder_attention_mask=enc.memory_mask, encoder_positions=enc.memory_positions,
-                                   output_attentions=True, use_cache=False)
+                                   encoder_attention_mask=enc.memory_mask, output_attentions=True, use_cache=False)
             out.attention_weights = decoded.attention_weights
             out.memory_mask = (enc.memory_mask if enc.memory_mask is not None
                                else torch.ones(enc.memory.shape[:2], dtype=torch.bool, device=enc.memory.device))
@@ -489,8 +467,8 @@ class CaptionSegModel(CaptionSegPreTrainedModel):
             skip = {i for i, name in self.config.id2label.items() if str(name).lower() == "background"}
             regions = self._region_memory(enc, skip)
             if regions is not None:
-                memory, masks, positions, image_index, class_ids = regions
-                out.region_sequences = self.generate_from_memory(memory, masks, positions, **generate_kwargs)
+                memory, masks, image_index, class_ids = regions
+                out.region_sequences = self.generate_from_memory(memory, masks, **generate_kwargs)
                 out.region_image_index, out.region_class_ids = image_index, class_ids
         return out
 

@@ -136,9 +136,6 @@ class CaptionSegTask(TrainingTask):
         p.add_argument("--attention-dim", type=int, default=256)
         p.add_argument("--dropout", type=float, default=0.3)
         p.add_argument("--attention-reg", type=float, default=1.0, help="weight of the attention penalty")
-        p.add_argument("--glimpse-offsets", choices=["on", "off"], default="off",
-                       help="feed the decoder's cell where its attention looks and how far that moved since the "
-                            "previous word (models/lstm_decoder.py says why)")
         p.add_argument("--label-smoothing", type=float, default=0.0)
         p.add_argument("--captions-per-image", type=int, default=5,
                        help="captions trained per image and step (they share the image's encoder pass)")
@@ -224,8 +221,7 @@ class CaptionSegTask(TrainingTask):
                     image_skip_channels=a.image_skip_channels,
                     decoder_options={"embedding_size": a.embed_dim, "hidden_size": a.decoder_dim,
                                      "attention_size": a.attention_dim, "cell_type": a.cell, "dropout": a.dropout,
-                                     "attention_regularization": a.attention_reg,
-                                     "glimpse_offsets": a.glimpse_offsets == "on"},
+                                     "attention_regularization": a.attention_reg},
                     region_stage=a.region_stage, hidden_size=a.hidden_size, segment_aware=not a.no_segment_tokens,
                     segment_min_area=a.segment_min_area, segment_units=a.segment_units,
                     max_segments=a.max_segments, segment_relation_layers=a.segment_relation_layers,

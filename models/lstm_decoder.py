@@ -13,24 +13,12 @@ where ``beta_t = sigmoid(W_b h_{t-1})`` is the optional gate. The cell input is 
 state starts from the mean region feature (``h_0 = tanh(W v_mean)``). Stacked layers feed the next layer with the
 previous layer's output; attention is queried with the top layer's state.
 
-With ``glimpse_offsets`` the cell input also holds where the attention looks, ``g_t = p_{argmax_i alpha_ti}`` (the
-position, from ``encoder_positions`` (B, N, 2), of the most attended region; its gradient is that of the
-attention-weighted mean position), and how far that moved since the previous step, ``g_t - g_{t-1}``:
-``[embed(y_{t-1}), z_t, g_t, g_t - g_{t-1}]``; the word scores get a linear term in the same four numbers. Why: a
-word such as "above" compares
-the places of two objects. One soft attention sees one place at a time; without these inputs the LSTM must carry
-the first object's place, mixed into its features, to the step that looks at the second. On synthetic shapes every
-model without them guessed "above" against "below" (benchmarks/README.md, caption_seg_ablation). This is our own
-addition: Show, Attend and Tell has no such input; the closest published idea is the location-aware attention of
-Chorowski et al. (2015), which feeds the previous step's attention weights into the scores.
-
 The recurrent state is the cache: ``cache`` is a stock ``DynamicCache`` whose layers keep recurrent states (the
 linear-attention states Mamba uses), one per cell, holding ``(B, 2, H)`` (LSTM: h and c) or ``(B, 1, H)`` (GRU).
 ``GenerationMixin`` creates it from the config's ``layer_types``, and beam search reorders it with
 ``Cache.reorder_cache`` (an ``index_select`` of every layer's recurrent state along the batch), also when the model
 generates as the decoder of a ``VisionEncoderDecoderModel`` (which wraps it in an ``EncoderDecoderCache``: the
 decoder keeps its state in the self-attention half). So no custom cache class or ``_reorder_cache`` is needed.
-With ``glimpse_offsets`` the top cell's cache layer holds a second recurrent state, ``g_{t-1}`` (B, 2).
 """
 
 from dataclasses import dataclass
@@ -50,7 +38,6 @@ from transformers.cache_utils import (
 from transformers.utils import ModelOutput
 
 CELL_TYPES = ("lstm", "gru")
-GLIMPSE_INPUTS = 4  # g_t (x, y) and g_t - g_{t-1} (x, y)
 
 
 class LSTMDecoderConfig(PreTrainedConfig):
@@ -71,9 +58,6 @@ class LSTMDecoderConfig(PreTrainedConfig):
             Section 4.2.1).
         attention_regularization: weight ``lambda`` of the doubly stochastic attention penalty
             ``lambda * mean_i (1 - sum_t alpha_ti)^2`` added to the loss when ``labels`` are given (0 disables).
-        glimpse_offsets: feed the cell the position its attention looks at and how far that moved since the
-            previous step (module docstring); the decoder then needs ``encoder_positions``. False, the layout of
-            decoders saved before it existed, is the default.
         initializer_range: std of the normal init of linear layers and embeddings.
     """
 
@@ -91,7 +75,6 @@ class LSTMDecoderConfig(PreTrainedConfig):
     dropout: float = 0.3
     gated_context: bool = True
     attention_regularization: float = 1.0
-    glimpse_offsets: bool = False
     initializer_range: float = 0.05
     use_cache: bool = True
     is_decoder: bool = True
@@ -122,12 +105,6 @@ class LSTMDecoderConfig(PreTrainedConfig):
         # an encoder-decoder in an EncoderDecoderCache, whose constructor asks every layer for its sequence length,
         # which pure linear-attention caches refuse to give.
         return ["hybrid"] * self.num_hidden_layers
-
-    @property
-    def number_of_conv_states(self) -> int:
-        # transformers' name for the recurrent states each cache layer holds (read by DynamicCache(config=...)):
-        # the cell's state, and with glimpse_offsets also the previous glimpse position.
-        return 2 if self.glimpse_offsets else 1
 
     @property
     def states_per_cell(self) -> int:
@@ -238,16 +215,12 @@ class LSTMDecoderForCausalLM(LSTMDecoderPreTrainedModel, GenerationMixin):
         self.attention = SoftAttention(C, H, config.attention_size)
         self.context_gate = nn.Linear(H, C) if config.gated_context else None
         cell = nn.LSTMCell if config.cell_type == "lstm" else nn.GRUCell
-        first_input = config.embedding_size + C + (GLIMPSE_INPUTS if config.glimpse_offsets else 0)
         self.cells = nn.ModuleList(
-            [cell(first_input if i == 0 else H, H) for i in range(config.num_hidden_layers)]
+            [cell(config.embedding_size + C if i == 0 else H, H) for i in range(config.num_hidden_layers)]
         )
         # One linear map per stored state (h, and c for LSTM) per cell, from the mean region feature.
         self.init_state = nn.Linear(C, H * config.states_per_cell * config.num_hidden_layers)
         self.lm_head = nn.Linear(H, config.vocab_size)
-        # A direct path from the glimpse inputs to the word scores, besides the one through the cell: a word like
-        # "above" is then a linear read-out of the offset, which training finds much sooner than through the gates.
-        self.glimpse_head = nn.Linear(GLIMPSE_INPUTS, config.vocab_size) if config.glimpse_offsets else None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -283,15 +256,10 @@ class LSTMDecoderForCausalLM(LSTMDecoderPreTrainedModel, GenerationMixin):
         state_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
         if state_cache is None:
             return None
-        c = self.config
         if len(state_cache.layers) == 0:  # a DynamicCache() made without a config: give it our layer types
-            state_cache.layers.extend(
-                LinearAttentionAndFullAttentionLayer(number_of_states=c.number_of_conv_states)
-                for _ in range(c.num_hidden_layers)
-            )
-        if len(state_cache.layers) != c.num_hidden_layers or not all(
-            isinstance(layer, LinearAttentionCacheLayerMixin) and layer.number_of_states >= c.number_of_conv_states
-            for layer in state_cache.layers
+            state_cache.layers.extend(LinearAttentionAndFullAttentionLayer() for _ in range(self.config.num_hidden_layers))
+        if len(state_cache.layers) != self.config.num_hidden_layers or not all(
+            isinstance(layer, LinearAttentionCacheLayerMixin) for layer in state_cache.layers
         ):
             raise ValueError(
                 "the LSTM decoder keeps its recurrent state in a cache of recurrent-state layers, one per cell; "
@@ -311,21 +279,6 @@ class LSTMDecoderForCausalLM(LSTMDecoderPreTrainedModel, GenerationMixin):
             )
         return states
 
-    @staticmethod
-    def _glimpse(alpha: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """(B, 2): the position of the most attended region, with the gradient of the attention-weighted mean
-        position (straight-through). Why not the mean itself: soft attention spreads a little weight over many
-        regions, and the mean of their places blurs the offset between two objects that "above" compares."""
-        soft = torch.bmm(alpha[:, None, :], positions).squeeze(1)
-        hard = positions[torch.arange(len(alpha), device=alpha.device), alpha.argmax(dim=-1)]
-        return hard + (soft - soft.detach())
-
-    def _read_glimpse(self, state_cache: Cache | None) -> torch.Tensor | None:
-        """The previous step's glimpse position (B, 2), kept by the top cell's cache layer as its second state."""
-        if state_cache is None:
-            return None
-        return state_cache.get_recurrent_state(self.config.num_hidden_layers - 1, state_idx=1)
-
     # ------------------------------------------------------------------------------------------------------------
 
     def forward(
@@ -341,7 +294,6 @@ class LSTMDecoderForCausalLM(LSTMDecoderPreTrainedModel, GenerationMixin):
         return_dict: bool | None = None,
         attention_mask: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
-        encoder_positions: torch.Tensor | None = None,
         **kwargs,
     ) -> LSTMDecoderOutput | tuple:
         r"""
@@ -357,8 +309,6 @@ class LSTMDecoderForCausalLM(LSTMDecoderPreTrainedModel, GenerationMixin):
             encoder_attention_mask: (B, N), 1 where a region may be attended and 0 where not (e.g. the absent
                 segments of the segmentation-aware captioner); None attends every region. The initial state is
                 then the mean of the attendable regions.
-            encoder_positions: (B, N, 2) the (x, y) of each region in [0, 1] image coordinates; needed (only) with
-                ``config.glimpse_offsets``.
             attention_mask: accepted for API compatibility and ignored: only right padding is supported, and
                 padding steps never influence earlier ones.
         """
@@ -401,35 +351,17 @@ class LSTMDecoderForCausalLM(LSTMDecoderPreTrainedModel, GenerationMixin):
                 raise ValueError("encoder_attention_mask leaves an image with no region to attend")
         if states is None:
             states = self.initial_state(encoder_hidden_states, region_mask)
-        positions = glimpse = None
-        if c.glimpse_offsets:
-            if encoder_positions is None or tuple(encoder_positions.shape) != (*encoder_hidden_states.shape[:2], 2):
-                got = None if encoder_positions is None else tuple(encoder_positions.shape)
-                raise ValueError(
-                    "this decoder was built with glimpse_offsets: it needs encoder_positions (B, N, 2), the (x, y) "
-                    f"of every region in [0, 1]; expected {(*encoder_hidden_states.shape[:2], 2)}, got {got}"
-                )
-            positions = encoder_positions.to(encoder_hidden_states.dtype) * 2 - 1  # centred: [-1, 1]
-            glimpse = self._read_glimpse(state_cache)
-            if glimpse is None:  # the first step moves from the centre of what may be attended
-                w = torch.ones_like(positions[..., 0]) if region_mask is None else region_mask.to(positions.dtype)
-                glimpse = (positions * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp(min=1.0)
 
         features = encoder_hidden_states
         projected = self.attention.encoder_proj(features)
         embeds = self.dropout(inputs_embeds)
-        outputs, weights, glimpses = [], [], []
+        outputs, weights = [], []
         layer_outputs = [[] for _ in self.cells] if output_hidden_states else None
         for t in range(T):
             context, alpha = self.attention(features, projected, states[-1][:, 0], region_mask)
             if self.context_gate is not None:
                 context = torch.sigmoid(self.context_gate(states[-1][:, 0])) * context
             x = torch.cat([embeds[:, t], context], dim=-1)
-            if positions is not None:
-                new_glimpse = self._glimpse(alpha, positions)
-                glimpses.append(torch.cat([new_glimpse, new_glimpse - glimpse], dim=-1))
-                x = torch.cat([x, glimpses[-1]], dim=-1)
-                glimpse = new_glimpse
             new_states = []
             for i, cell in enumerate(self.cells):
                 if c.cell_type == "lstm":
@@ -446,8 +378,6 @@ class LSTMDecoderForCausalLM(LSTMDecoderPreTrainedModel, GenerationMixin):
             weights.append(alpha)
         hidden = torch.stack(outputs, dim=1)  # (B, T, H)
         logits = self.lm_head(self.dropout(hidden))
-        if self.glimpse_head is not None:
-            logits = logits + self.glimpse_head(torch.stack(glimpses, dim=1))
         attention_weights = torch.stack(weights, dim=1)  # (B, T, N)
 
         if use_cache:
@@ -456,10 +386,6 @@ class LSTMDecoderForCausalLM(LSTMDecoderPreTrainedModel, GenerationMixin):
                 # transformers raises this flag only in update_conv_state (its linear-attention models all keep a
                 # conv state too); a purely recurrent model raises it itself, and Cache.reset() lowers it again.
                 state_cache.layers[i].has_previous_state[0] = True
-            if glimpse is not None:
-                top = len(states) - 1
-                state_cache.update_recurrent_state(glimpse, top, state_idx=1)
-                state_cache.layers[top].has_previous_state[1] = True
 
         loss = penalty = None
         if labels is not None:

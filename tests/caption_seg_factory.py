@@ -9,10 +9,9 @@ from models.caption_seg_model import build_caption_seg_model, save_caption_seg
 from models.caption_tokenizer import train_caption_tokenizer
 
 
-def build_tiny_caption_seg_model(segment_aware: bool = True, image_size: int = 64, seed: int = 0,
-                                 decoder_options: dict | None = None, **config_options):
+def build_tiny_caption_seg_model(segment_aware: bool = True, image_size: int = 64, seed: int = 0, **config_options):
     """(model, tokenizer, image processor) on the shapes classes, its vocabulary from 20 shapes captions;
-    ``decoder_options``: more ``LSTMDecoderConfig`` fields; ``config_options``: more ``CaptionSegConfig`` fields."""
+    ``config_options``: more ``CaptionSegConfig`` fields."""
     import torch
 
     torch.manual_seed(seed)
@@ -20,7 +19,7 @@ def build_tiny_caption_seg_model(segment_aware: bool = True, image_size: int = 6
     model, processor = build_caption_seg_model(
         tokenizer, list(CLASS_NAMES), encoder="tu-test_efficientnet", encoder_depth=3, decoder_channels=(16, 8, 8),
         image_size=image_size, region_stage=-1, hidden_size=32, segment_aware=segment_aware, max_length=12,
-        num_beams=2, decoder_options={"embedding_size": 16, "hidden_size": 32, "attention_size": 16, **(decoder_options or {})},
+        num_beams=2, decoder_options={"embedding_size": 16, "hidden_size": 32, "attention_size": 16},
         **config_options,
     )
     # Random joining layers at the default small init give every image the same caption; larger output weights

@@ -241,38 +241,6 @@ def test_without_segment_tokens_the_memory_is_the_regions_only(tiny, photos):
         torch.testing.assert_close(model(px, decoder_input_ids=ids, segment_aware=None).logits, with_tokens)
 
 
-def test_glimpse_offsets_get_region_centres_and_segment_centroids_and_generate_in_batches(photos, tmp_path):
-    model, tokenizer, processor = build_tiny_caption_seg_model(decoder_options={"glimpse_offsets": True})
-    mask = torch.zeros(1, SIZE, SIZE, dtype=torch.long)
-    mask[0, 8:24, 40:56] = 2  # one square: centroid (x, y) = (48, 16) / SIZE
-    px = pixels(processor, photos[:1])
-    model.train()
-    enc = model.encode(px, segmentation_labels=mask)  # training: the tokens come from the ground truth
-    model.eval()
-    rows, cols = enc.region_grid
-    n = rows * cols
-    assert enc.memory_positions.shape == (1, enc.memory.shape[1], 2)
-    # Regions row-major, each at its cell's centre.
-    assert enc.memory_positions[0, 1].tolist() == pytest.approx([1.5 / cols, 0.5 / rows])
-    assert enc.memory_positions[0, cols].tolist() == pytest.approx([0.5 / cols, 1.5 / rows])
-    assert enc.memory_positions[0, n + 2].tolist() == pytest.approx([48 / SIZE, 16 / SIZE])
-    ids = tokenizer(["a red circle", "a star"], padding=True, return_tensors="pt").input_ids
-    px = pixels(processor, photos)
-    with torch.no_grad():
-        out = model(px[:2], decoder_input_ids=ids, labels=ids)
-    assert torch.isfinite(out.loss)
-    batched = model.predict(px, region_captions=True, return_attention=True, num_beams=3, max_new_tokens=6)
-    for i in range(len(photos)):
-        single = model.generate(px[i : i + 1], num_beams=3, max_new_tokens=6)
-        assert torch.equal(single[0], batched.sequences[i, : single.shape[1]])
-    assert batched.region_sequences is not None
-    assert model.generate(px[:1], segment_aware=False, max_new_tokens=4).shape[0] == 1  # regions alone work too
-    save_caption_seg(model, tokenizer, processor, tmp_path)
-    loaded, _, _ = load_caption_seg(tmp_path)
-    assert loaded.config.decoder.glimpse_offsets
-    assert torch.equal(loaded.generate(px, num_beams=3, max_new_tokens=6), model.generate(px, num_beams=3, max_new_tokens=6))
-
-
 def test_a_model_trained_without_segment_tokens_refuses_them(photos):
     model, tokenizer, processor = build_tiny_caption_seg_model(segment_aware=False)
     px = pixels(processor, photos[:1])
@@ -503,8 +471,7 @@ def test_instance_units_give_a_token_and_a_region_caption_per_connected_segment(
     assert present.tolist() == [True, True, True, False, False, False]
     assert enc.segment_classes[0, :3].tolist() == [0, 2, 2]
     regions = model._region_memory(enc, skip_classes={0})
-    memory, masks, positions, image_index, class_ids = regions
-    assert positions is None  # built without glimpse_offsets
+    memory, masks, image_index, class_ids = regions
     assert class_ids.tolist() == [2, 2] and image_index.tolist() == [0, 0]
     # Each square's region caption sees its own token only, and only the regions its square covers.
     rows, cols = enc.region_grid

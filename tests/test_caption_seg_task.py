@@ -304,9 +304,3 @@ def test_trains_on_a_cuda_device_with_bf16(tmp_path, cache, caplog):
     model, _, _ = load_caption_seg(out / "best")
     assert next(model.parameters()).device.type == "cpu"
     assert json.loads((out / "best" / "eval_metrics.json").read_text())["step"] == STEPS_PER_EPOCH
-
-
-def test_glimpse_offsets_are_off_unless_asked(shapes):
-    assert not make_task(shapes).build_model().config.decoder.glimpse_offsets
-    model = make_task(shapes, "--glimpse-offsets", "on").build_model()
-    assert model.config.decoder.glimpse_offsets and model.decoder.cells[0].input_size == 16 + 32 + 4
