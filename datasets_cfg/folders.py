@@ -16,7 +16,7 @@ from .builder import BadRecord
 from .errors import DatasetError
 from .formats import DatasetFormat, register_format
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # Folder names accepted for each split, in order of preference.
 SPLIT_DIRS = {"train": ("train", "training"), "validation": ("validation", "val", "valid", "dev"), "test": ("test",)}
 

@@ -63,7 +63,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
+    try:
+        return img.convert("RGB")
+    except ValueError as err:
+        raise ValueError(f"image mode {img.mode!r} cannot be converted to RGB ({err}); save it as RGB first") from None
 
 
 def load_rgb(path: str | Path, max_pixels: int = 64_000_000, min_side: int = 1) -> tuple[Image.Image, bytes | None]:
@@ -77,7 +80,10 @@ def load_rgb(path: str | Path, max_pixels: int = 64_000_000, min_side: int = 1) 
     except (OSError, SyntaxError, ValueError) as err:
         raise DatasetError(f"corrupt or truncated image data ({err})", path) from None
     keep_bytes = img.mode == "RGB" and img.format in ("JPEG", "PNG")
-    rgb = to_rgb(img)
+    try:
+        rgb = to_rgb(img)
+    except ValueError as err:  # a mode PIL reads but cannot convert (e.g. premultiplied "La")
+        raise DatasetError(str(err), path) from None
     return rgb, (Path(path).read_bytes() if keep_bytes else None)
 
 

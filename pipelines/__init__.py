@@ -13,7 +13,8 @@ Tasks (neither name is a stock task of transformers 5, whose ``image-to-text`` w
 - ``"image-captioning"``: ``ImageCaptioningPipeline``, models loaded with ``AutoModelForImageTextToText``
   (``models.captioner.CaptionerModel`` folders and stock ``VisionEncoderDecoderModel`` ones);
 - ``"semantic-segmentation"``: ``SemanticSegmentationPipeline``, models loaded with
-  ``AutoModelForSemanticSegmentation`` (``models.unet.UnetForSemanticSegmentation``);
+  ``AutoModelForSemanticSegmentation`` (``models.unet.UnetForSemanticSegmentation``); neither has a default
+  model: without ``model=`` they say how to train one;
 - ``"image-captioning-seg"``: ``CaptionSegPipeline``, a caption and a segmentation from one segmentation-aware
   captioner (``models.caption_seg_model.CaptionSegModel``, loaded with ``AutoModel``); without ``model=`` it loads
   the model ``make demo`` trained.
@@ -33,6 +34,7 @@ import models.unet  # noqa: F401
 
 from .caption_pipeline import ImageCaptioningPipeline
 from .caption_seg_pipeline import CaptionSegPipeline, DemoModelDefault
+from .no_default_model import NoDefaultModel
 from .segmentation_pipeline import SemanticSegmentationPipeline
 
 CAPTIONING_TASK = "image-captioning"
@@ -58,8 +60,10 @@ def _register(task: str, pipeline_class: type, pt_model: type, kind: str, defaul
 
 
 # "multimodal" is how transformers 4 typed its image-to-text task; transformers 5 stores the type but reads it nowhere.
-_register(CAPTIONING_TASK, ImageCaptioningPipeline, AutoModelForImageTextToText, "multimodal")
-_register(SEGMENTATION_TASK, SemanticSegmentationPipeline, AutoModelForSemanticSegmentation, "image")
+_register(CAPTIONING_TASK, ImageCaptioningPipeline, AutoModelForImageTextToText, "multimodal",
+          default=NoDefaultModel(CAPTIONING_TASK, "caption"))
+_register(SEGMENTATION_TASK, SemanticSegmentationPipeline, AutoModelForSemanticSegmentation, "image",
+          default=NoDefaultModel(SEGMENTATION_TASK, "segment"))
 _register(CAPTION_SEG_TASK, CaptionSegPipeline, AutoModel, "multimodal", default=DemoModelDefault())
 
 __all__ = [

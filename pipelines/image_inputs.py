@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from datasets_cfg.image_io import check_size, load_rgb, open_image_file, to_rgb
+from datasets_cfg.image_io import load_rgb, open_image_file, to_rgb
 
 # The same default limit as the dataset YAMLs' max_image_pixels: past it a decoded image (and the model's
 # activations over it) would take gigabytes.
@@ -98,14 +98,24 @@ def load_image(image, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -
             f"{name}: expected a PIL image, a local file path or a numpy array, not {type(image).__name__}"
         )
     _check_pixels(image.size, name, max_image_pixels)
-    check_size(image.size, name, max_pixels=0, min_side=1)
+    if min(image.size) < 1:
+        raise ValueError(f"{name}: image is {image.width}x{image.height} pixels: it has no pixels to look at")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image.load()
     except (OSError, SyntaxError, ValueError) as err:
         raise ValueError(f"{name}: corrupt or truncated image data ({err})") from None
-    return to_rgb(image)
+    except AssertionError:
+        # PIL asserts (with no message) when a lazily opened image is loaded after its file was closed.
+        raise ValueError(
+            f"{name}: its pixels cannot be read: the file it was opened from is closed. Call image.load() "
+            "before closing it (or leaving its `with Image.open(...)` block), or pass the file path"
+        ) from None
+    try:
+        return to_rgb(image)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
 
 
 def image_size(image: Image.Image) -> tuple[int, int]:

@@ -116,7 +116,9 @@ def copy_example_images(source: str | Path, folder: str | Path, limit: int = 8,
 def _user_error(message: str) -> gr.Error:
     # gr.Error renders its message as HTML: escape it, since it quotes the user's own file name. The toast stays
     # until closed (duration=None) so a message is not missed; expected input errors need no server traceback.
-    return gr.Error(html.escape(message), duration=None, print_exception=False)
+    # Quotes need no escaping in HTML text, and API clients (gradio_client) read the same message: escape only
+    # what could open a tag or an entity.
+    return gr.Error(html.escape(message, quote=False), duration=None, print_exception=False)
 
 
 def _too_large(shown_name: str, width: int, height: int, max_image_pixels: int) -> gr.Error:
@@ -152,6 +154,8 @@ def _uploaded_image(payload, max_image_pixels: int | None) -> tuple[Image.Image,
 
 
 def _number(value, name: str, low: float, high: float) -> float:
+    if isinstance(value, bool):  # float(True) is 1.0: a checkbox's value in a slider's place is a mistake
+        raise _user_error(f"{name} must be a number, got {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -159,6 +163,24 @@ def _number(value, name: str, low: float, high: float) -> float:
     if not low <= number <= high:
         raise _user_error(f"{name} must be between {low:g} and {high:g}, got {number:g}")
     return number
+
+
+def _whole_number(value, name: str, low: int, high: int) -> int:
+    number = _number(value, name, low, high)
+    if not number.is_integer():
+        raise _user_error(f"{name} must be a whole number, got {value!r}")
+    return int(number)
+
+
+def _flag(value, name: str) -> bool:
+    """A checkbox's value: a bool from the page; API clients may also send 0/1 or "true"/"false"."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise _user_error(f"{name} must be true or false, got {value!r}")
 
 
 def _consistency_notes(consistency: dict | None) -> str:
@@ -225,12 +247,13 @@ def build_app(pipe, examples: Sequence[str | Path] = (), max_image_pixels: int |
     def caption(image_payload, num_beams, segment_aware, alpha):
         # Gradio does not preprocess this event's inputs (preprocess=False below), so they are checked here.
         image, shown_name = _uploaded_image(image_payload, max_image_pixels)
-        beams = int(_number(num_beams, "beam size", 1, MAX_BEAMS))
+        beams = _whole_number(num_beams, "beam size", 1, MAX_BEAMS)
         alpha = _number(alpha, "overlay opacity", 0.0, 1.0)
+        segment_aware = _flag(segment_aware, "segment-aware")
         try:
             # The server's limit, not the pipeline's own (64 MP by default): an image this server accepts must not
             # be refused by a second, smaller limit. 0 is the pipeline's "no limit", the server's None.
-            out = pipe(image, num_beams=beams, segment_aware=bool(segment_aware), region_captions=True,
+            out = pipe(image, num_beams=beams, segment_aware=segment_aware, region_captions=True,
                        consistency=True, return_attention=True, return_class_map=True,
                        max_image_pixels=max_image_pixels or 0)
         except ImageTooLargeError as err:

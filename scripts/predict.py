@@ -6,8 +6,8 @@
         --batch-size 8 --alpha 0.35 --no-region-captions --device cpu
 
 Inputs are image files and/or folders (a folder gives the image files in it, by extension, sorted; with
-``--recursive`` those of its subfolders too). Each image goes through ``pipeline("image-captioning-seg")`` and
-gives, in ``--out``:
+``--recursive`` those of its subfolders too; its other files are named in a warning and counted in the summary
+line, not read). Each image goes through ``pipeline("image-captioning-seg")`` and gives, in ``--out``:
 
 - one line of ``predictions.jsonl``: ``{"image", "caption", "classes": [{"label", "area"}], "region_captions",
   "consistency", "overlay"}``, ``area`` being the class's share of the image's pixels, largest first;
@@ -33,6 +33,7 @@ _SCRIPTS = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _SCRIPTS]
 sys.path.insert(0, str(_SCRIPTS.parent))
 
+from scripts.device_flag import device_flag  # noqa: E402
 from scripts.one_line_errors import OneLineErrorParser, UsageError  # noqa: E402
 from datasets_cfg.folders import IMAGE_EXTENSIONS  # noqa: E402
 from pipelines.image_inputs import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLargeError, load_image  # noqa: E402
@@ -55,7 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
     p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
                    help="refuse images with more pixels than this (0: no limit)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
+    p.add_argument("--device", type=device_flag,
+                   help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
     args = p.parse_args(argv)
     if not args.inputs:
         raise UsageError("no inputs: give image files and/or folders of images")
@@ -72,19 +74,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def collect_images(inputs: list[str], recursive: bool = False) -> list[Path]:
+def collect_images(inputs: list[str], recursive: bool = False) -> tuple[list[Path], list[Path]]:
     """The image paths named by ``inputs``, in order: a file as given (whatever its extension), a folder as its
-    files with an image extension, sorted. A path named twice is kept once."""
+    files with an image extension, sorted. A path named twice is kept once. Also returns the folders' other files
+    (not images by their extension, or broken links), which are not read."""
     found: list[Path] = []
+    ignored: list[Path] = []
     for text in inputs:
         path = Path(text)
         if path.is_dir():
-            candidates = path.rglob("*") if recursive else path.iterdir()
-            images = sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            candidates = sorted(p for p in (path.rglob("*") if recursive else path.iterdir()) if not p.is_dir())
+            images = [p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
             if not images:
                 hint = "nor in its subfolders" if recursive else "--recursive also looks in its subfolders"
                 raise UsageError(f"{path}: folder has no image files ({', '.join(IMAGE_EXTENSIONS)}; {hint})")
             found.extend(images)
+            ignored.extend(p for p in candidates if p not in images)
         elif path.is_file():
             found.append(path)
         else:
@@ -95,7 +100,7 @@ def collect_images(inputs: list[str], recursive: bool = False) -> list[Path]:
         if key not in seen:
             seen.add(key)
             unique.append(path)
-    return unique
+    return unique, ignored
 
 
 class StemNamer:
@@ -136,10 +141,14 @@ def _record(path: Path, result: dict, class_names, overlay_path: Path) -> dict:
 def main(argv=None) -> int:
     try:
         args = parse_args(argv)
-        paths = collect_images(args.inputs, args.recursive)
+        paths, ignored = collect_images(args.inputs, args.recursive)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if ignored:
+        shown = ", ".join(str(p) for p in ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
+        print(f"warning: ignored {len(ignored)} file(s) in the input folders without an image extension "
+              f"({', '.join(IMAGE_EXTENSIONS)}): {shown}; name a file directly to predict it", file=sys.stderr)
 
     import torch
     from tqdm.auto import tqdm
@@ -219,7 +228,8 @@ def main(argv=None) -> int:
             bar.update(len(paths[start:start + args.batch_size]))
     bar.close()
 
-    print(f"{done} of {len(paths)} images predicted, {len(failures)} skipped (bad files); "
+    not_images = f", {len(ignored)} other files ignored (no image extension)" if ignored else ""
+    print(f"{done} of {len(paths)} images predicted, {len(failures)} skipped (bad files){not_images}; "
           f"results in {out / 'predictions.jsonl'} and {overlay_dir}")
     return 0 if done else 1
 

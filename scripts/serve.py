@@ -33,6 +33,7 @@ _SCRIPTS = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _SCRIPTS]
 sys.path.insert(0, str(_SCRIPTS.parent))
 
+from scripts.device_flag import device_flag  # noqa: E402
 from scripts.one_line_errors import OneLineErrorParser, UsageError  # noqa: E402
 from pipelines.image_inputs import DEFAULT_MAX_IMAGE_PIXELS  # noqa: E402
 
@@ -68,7 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="requests that may wait; past it new ones are told the queue is full (default 64)")
     p.add_argument("--num-beams", type=_positive(int),
                    help="the beam slider's starting value (default: the model's generation config)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
+    p.add_argument("--device", type=device_flag,
+                   help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
     args = p.parse_args(argv)
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port}: not a port number (1-65535)")

@@ -18,11 +18,18 @@ def photo_array(w: int = 32, h: int = 24, seed: int = 0) -> np.ndarray:
     return np.clip(base + ramp + rng.integers(0, 20, size=(h, w, 3)), 0, 255).astype(np.uint8)
 
 
+# The mode PIL opens each written mode as: it reads a 16-bit RGB PNG as 8-bit RGB (the high bytes).
+OPENED_MODE = {"RGB;16": "RGB"}
+
+
 def write_photo(path: Path, w: int = 32, h: int = 24, mode: str = "RGB", seed: int = 0, fmt: str | None = None) -> Path:
-    """Write a photo in ``mode``: RGB, RGBA, L, CMYK (JPEG), P, I;16 (16-bit grayscale PNG)."""
+    """Write a photo in ``mode``: RGB, RGBA, L, LA, CMYK (JPEG), P, I;16 (16-bit grayscale PNG), RGB;16 (16-bit
+    per channel RGB PNG)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rgb = Image.fromarray(photo_array(w, h, seed))
+    if mode == "RGB;16":
+        return _write_rgb16_png(path, np.asarray(rgb).astype(">u2") * 257)
     if mode == "I;16":
         img = Image.fromarray((np.asarray(rgb.convert("L")).astype(np.uint16) * 257))
     elif mode == "RGBA":
@@ -50,11 +57,23 @@ def write_mask(path: Path, mask: np.ndarray, palette: bool = False) -> Path:
     return path
 
 
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _png(width: int, height: int, bit_depth: int, idat: bytes) -> bytes:
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, 2, 0, 0, 0)  # colour type 2: RGB
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+def _write_rgb16_png(path: Path, pixels: np.ndarray) -> Path:
+    """(h, w, 3) big-endian uint16 as a 48-bit PNG, written by hand: PIL cannot write 16-bit RGB."""
+    rows = b"".join(b"\0" + row.tobytes() for row in pixels)  # filter type 0 before each row
+    path.write_bytes(_png(pixels.shape[1], pixels.shape[0], 16, zlib.compress(rows)))
+    return path
+
+
 def png_header_only(path: Path, width: int, height: int) -> Path:
     """A PNG whose header claims width x height pixels; nothing in it gets decoded (PIL reads only the size)."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 10))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(_png(width, height, 8, zlib.compress(b"\0" * 10)))
     return path

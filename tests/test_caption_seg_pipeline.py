@@ -17,7 +17,7 @@ from pipelines import CaptionSegPipeline
 from pipelines.caption_consistency import consistency_report, is_named
 from tests.caption_seg_factory import save_tiny_caption_seg_model
 from tests.caption_words import caption_words_match
-from tests.image_factory import photo_array, write_photo
+from tests.image_factory import OPENED_MODE, photo_array, write_photo
 
 TASK = "image-captioning-seg"
 ALL = dict(region_captions=True, consistency=True, return_attention=True)
@@ -207,11 +207,13 @@ def test_a_model_without_segment_tokens_refuses_segment_aware(tmp_path):
 # Inputs
 
 
-@pytest.mark.parametrize("mode", ["RGBA", "L", "I;16"])
-def test_rgba_grayscale_and_16_bit_images_are_converted(pipe, tmp_path, mode):
-    path = write_photo(tmp_path / "photo.png", w=70, h=50, mode=mode)
+@pytest.mark.parametrize("mode,fmt", [("RGBA", "PNG"), ("L", "PNG"), ("LA", "PNG"), ("I;16", "PNG"), ("RGB;16", "PNG"),
+                                      ("P", "PNG"), ("CMYK", "JPEG")])
+def test_rgba_grayscale_palette_cmyk_and_16_bit_images_are_converted(pipe, tmp_path, mode, fmt):
+    path = write_photo(tmp_path / f"photo.{fmt.lower()}", w=70, h=50, mode=mode, fmt=fmt)
     with Image.open(path) as original:
-        assert original.mode == mode
+        assert original.mode == OPENED_MODE.get(mode, mode)
+        original.load()  # to_rgb returns an RGB image itself, which must not need its closed file later
         rgb = to_rgb(original)
     out = pipe(str(path))
     assert out["class_map"].shape == (50, 70)

@@ -21,7 +21,7 @@ from models.sliding_window import predict_segmentation
 from models.unet import UnetConfig, UnetForSemanticSegmentation
 from pipelines import ImageCaptioningPipeline, SemanticSegmentationPipeline
 from tests.caption_words import caption_words_match
-from tests.image_factory import photo_array, png_header_only, write_photo
+from tests.image_factory import OPENED_MODE, photo_array, png_header_only, write_photo
 
 CLASSES = ["background", "circle", "square"]
 # A ViT encoder: random tiny CNN encoders give every image the same caption, which would make "batch == singles"
@@ -231,11 +231,13 @@ def test_loads_with_trust_remote_code(segmenter_folder):
 # Inputs
 
 
-@pytest.mark.parametrize("mode,fmt", [("RGBA", "PNG"), ("L", "PNG"), ("I;16", "PNG"), ("P", "PNG"), ("CMYK", "JPEG")])
+@pytest.mark.parametrize("mode,fmt", [("RGBA", "PNG"), ("L", "PNG"), ("LA", "PNG"), ("I;16", "PNG"), ("RGB;16", "PNG"),
+                                      ("P", "PNG"), ("CMYK", "JPEG")])
 def test_any_image_mode_is_converted_to_rgb(segmenter, captioner, tmp_path, mode, fmt):
     path = write_photo(tmp_path / f"photo.{fmt.lower()}", w=70, h=50, mode=mode, fmt=fmt)
     with Image.open(path) as original:
-        assert original.mode == mode
+        assert original.mode == OPENED_MODE.get(mode, mode)
+        original.load()  # to_rgb returns an RGB image itself, which must not need its closed file later
         rgb = to_rgb(original)
     out = segmenter(str(path), return_class_map=True)
     assert out["class_map"].shape == (50, 70)
@@ -271,6 +273,15 @@ def test_bad_inputs_raise_value_errors_naming_the_file(segmenter, captioner, tmp
         segmenter(42)
     with pytest.raises(ValueError, match="arrays must be uint8"):
         segmenter(np.zeros((8, 8, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match="image mode 'La' cannot be converted to RGB"):
+        captioner(Image.new("La", (8, 8)))
+    with pytest.raises(ValueError, match="image is 0x5 pixels: it has no pixels"):
+        segmenter(Image.new("RGB", (0, 5)))
+    with Image.open(write_photo(tmp_path / "closed.png")) as lazy:
+        pass  # closed before its pixels were read
+    with pytest.raises(ValueError, match="closed.png: its pixels cannot be read: the file it was opened from is "
+                                         "closed"):
+        captioner(lazy)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 import models.prediction_overlay as prediction_overlay_module
@@ -17,8 +18,7 @@ from datasets_cfg.shapes import CLASS_NAMES, generate_scene
 from models.prediction_overlay import MIN_FIGURE_WIDTH, class_areas, prediction_overlay, wrap_text
 from models.segmentation_report import _font, _text_width, class_palette
 from scripts.predict import main
-from tests.image_factory import photo_array
-from tests.image_factory import png_header_only, write_photo
+from tests.image_factory import OPENED_MODE, photo_array, png_header_only, write_photo
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = ["scene_0.png", "scene_1.png", "scene_2.png"]
@@ -245,28 +245,31 @@ def test_an_image_over_the_limit_is_skipped_with_the_flag_that_raises_it(model_f
     assert "max_image_pixels=" not in err
 
 
-def test_one_pixel_rgba_grayscale_and_16_bit_images_are_predicted_with_the_others(model_folder, tmp_path, capsys):
+def test_one_pixel_rgba_grayscale_palette_cmyk_and_16_bit_images_are_predicted_with_the_others(model_folder, tmp_path,
+                                                                                               capsys):
     """load_image turns every one of these into 8-bit RGB: each gets its record and its overlay, none is skipped,
     and in one batch with a normal image (different sizes padded together)."""
     folder = tmp_path / "modes"
     folder.mkdir()
     Image.fromarray(generate_scene(0, image_size=64).image).save(folder / "scene.png")
-    sizes = {"scene.png": (64, 64), "tiny.png": (1, 1), "rgba.png": (40, 30), "gray.png": (40, 30),
-             "deep.png": (40, 30)}
-    for name, mode in [("tiny.png", "RGB"), ("rgba.png", "RGBA"), ("gray.png", "L"), ("deep.png", "I;16")]:
+    written_modes = {"tiny.png": "RGB", "rgba.png": "RGBA", "gray.png": "L", "gray_alpha.png": "LA",
+                     "deep.png": "I;16", "deep_rgb.png": "RGB;16", "palette.png": "P", "print.jpg": "CMYK"}
+    sizes = {"scene.png": (64, 64), "tiny.png": (1, 1),
+             **{name: (40, 30) for name in written_modes if name != "tiny.png"}}
+    for name, mode in written_modes.items():
         write_photo(folder / name, *sizes[name], mode=mode)
         with Image.open(folder / name) as written:
-            assert (written.mode, written.size) == (mode, sizes[name])
+            assert (written.mode, written.size) == (OPENED_MODE.get(mode, mode), sizes[name])
     out = tmp_path / "out"
-    status = main([str(folder), "--model", str(model_folder), "--out", str(out), "--batch-size", "5",
+    status = main([str(folder), "--model", str(model_folder), "--out", str(out), "--batch-size", "9",
                    "--no-region-captions", "--device", "cpu"])
     captured = capsys.readouterr()
     assert status == 0, captured.err
-    assert "5 of 5 images predicted, 0 skipped" in captured.out
+    assert "9 of 9 images predicted, 0 skipped" in captured.out
     assert "skipped" not in captured.err and "Traceback" not in captured.err
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert sorted(Path(r["image"]).name for r in records) == sorted(sizes)
-    assert sorted(p.name for p in (out / "overlays").iterdir()) == sorted(sizes)
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == sorted(f"{Path(name).stem}.png" for name in sizes)
     for record in records:
         width, height = sizes[Path(record["image"]).name]
         assert isinstance(record["caption"], str)
@@ -277,6 +280,24 @@ def test_one_pixel_rgba_grayscale_and_16_bit_images_are_predicted_with_the_other
             assert overlay.width >= 2 * width and overlay.height > height
     tiny = next(r for r in records if r["image"].endswith("tiny.png"))
     assert [c["area"] for c in tiny["classes"]] == [1.0]  # one pixel: one class, all of the image
+
+
+def test_folder_files_without_an_image_extension_are_named_and_counted_not_silently_dropped(model_folder, tmp_path,
+                                                                                          capsys):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    Image.fromarray(generate_scene(0, image_size=64).image).save(folder / "scene.gif")  # GIF is an image extension
+    (folder / "notes.txt").write_text("not a picture")
+    (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")  # a broken link is not an image either
+    out = tmp_path / "out"
+    assert main([str(folder), "--model", str(model_folder), "--out", str(out), "--no-region-captions",
+                 "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert "1 of 1 images predicted, 0 skipped (bad files), 2 other files ignored (no image extension)" in captured.out
+    warning = [line for line in captured.err.splitlines() if line.startswith("warning: ignored 2 file(s)")]
+    assert len(warning) == 1 and "notes.txt" in warning[0] and "gone.png" in warning[0]
+    assert [json.loads(line)["image"] for line in (out / "predictions.jsonl").read_text().splitlines()] == [
+        str(folder / "scene.gif")]
 
 
 def test_usage_errors_are_one_line_with_status_2(model_folder, image_folder, tmp_path, capsys):
@@ -294,7 +315,11 @@ def test_usage_errors_are_one_line_with_status_2(model_folder, image_folder, tmp
         ([str(image_folder), *model, *out, "--frobnicate"], "unrecognized arguments"),
         ([str(image_folder), *model], "--out"),
         ([str(image_folder), "--model", str(empty), *out], "cannot load it"),
+        ([str(image_folder), *model, *out, "--device", "gpu"], "argument --device: 'gpu' is not a device"),
     ]
+    if not torch.cuda.is_available():
+        cases.append(([str(image_folder), *model, *out, "--device", "cuda"],
+                      "--device: cuda: this machine has no CUDA"))
     for argv, message in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()

@@ -24,7 +24,7 @@ from PIL import Image
 from models.prediction_overlay import class_areas, prediction_overlay
 from pipelines.image_inputs import load_image
 from tests.caption_seg_factory import save_tiny_caption_seg_model
-from tests.image_factory import write_photo
+from tests.image_factory import OPENED_MODE, write_photo
 from tests.conftest import IN_CI, REPO
 
 # gradio's queue builds its timing statistics with pandas options that pandas 3 deprecates: its noise, not ours.
@@ -264,6 +264,31 @@ def _caption_event(demo):
     return next(f.fn for f in demo.fns.values() if f.api_name == API_NAME)
 
 
+def test_api_arguments_are_read_strictly_and_messages_keep_their_quotes(pipe, files):
+    """The event does not preprocess its inputs, so API clients' values are checked here: "false" is off (not a
+    truthy string), a fractional beam size is refused (not truncated), and a message quoting a value reads as
+    plain text to the client (gr.Error renders HTML, so only tag and entity characters are escaped)."""
+    import gradio as gr
+
+    from pipelines.web_app import build_app
+
+    caption = _caption_event(build_app(pipe))
+    scene = {"path": str(files["scenes"][0]), "orig_name": "scene.png"}
+    off, on = (caption(scene, 2, flag, 0.5)[0] for flag in (False, True))
+    assert caption(scene, 2, "false", 0.5)[0] == off and caption(scene, 2, "True", 0.5)[0] == on
+    assert caption(scene, 2.0, 0, 0.5)[0] == off  # a whole float and 0/1 are fine
+    assert off == pipe(files["scenes"][0], num_beams=2, segment_aware=False)["caption"]
+    for args, message in [((scene, 2.5, True, 0.5), "beam size must be a whole number, got 2.5"),
+                          ((scene, 2, "maybe", 0.5), "segment-aware must be true or false, got 'maybe'"),
+                          ((scene, True, True, 0.5), "beam size must be a number, got True")]:
+        with pytest.raises(gr.Error) as err:
+            caption(*args)
+        assert err.value.message == message
+    with pytest.raises(gr.Error) as err:
+        caption({"path": str(files["not_image"]), "orig_name": "a&b's <notes>.png"}, 2, True, 0.5)
+    assert err.value.message.startswith("a&amp;b's &lt;notes&gt;.png: not an image file")
+
+
 def test_the_servers_pixel_limit_is_the_pipelines_and_refusals_name_the_upload(model_dir, files):
     import gradio as gr
     from transformers import pipeline
@@ -329,13 +354,15 @@ def test_a_truncated_or_corrupt_upload_is_a_message_naming_the_users_file(pipe, 
     assert caption({"path": str(files["scenes"][1]), "orig_name": "scene.png"}, 1, True, 0.5)[0]
 
 
-@pytest.mark.parametrize("mode, size", [("RGB", (1, 1)), ("RGBA", (40, 30)), ("L", (40, 30)), ("I;16", (40, 30))])
-def test_one_pixel_rgba_grayscale_and_16_bit_uploads_get_a_caption_and_an_overlay(pipe, tmp_path, mode, size):
+@pytest.mark.parametrize("mode, size", [("RGB", (1, 1)), ("RGBA", (40, 30)), ("L", (40, 30)), ("LA", (40, 30)),
+                                        ("I;16", (40, 30)), ("RGB;16", (40, 30)), ("P", (40, 30)), ("CMYK", (40, 30))])
+def test_one_pixel_rgba_grayscale_palette_cmyk_and_16_bit_uploads_get_a_caption_and_an_overlay(pipe, tmp_path, mode,
+                                                                                               size):
     from pipelines.web_app import build_app
 
-    path = write_photo(tmp_path / "upload.png", *size, mode=mode)
+    path = write_photo(tmp_path / ("upload.jpg" if mode == "CMYK" else "upload.png"), *size, mode=mode)
     with Image.open(path) as written:
-        assert (written.mode, written.size) == (mode, size)
+        assert (written.mode, written.size) == (OPENED_MODE.get(mode, mode), size)
     caption, overlay, areas, regions, notes, state = _caption_event(build_app(pipe))(
         {"path": str(path), "orig_name": "photo.png"}, 1, True, 0.5)
     assert isinstance(caption, str) and caption
@@ -392,6 +419,9 @@ def test_serve_cli_refuses_a_bad_command_line(tmp_path, capsys):
     assert main(["--model", str(tmp_path), "--max-upload-mb", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: argument --max-upload-mb: must be positive")
+    assert main(["--model", str(tmp_path), "--device", "gpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: argument --device: 'gpu' is not a device")
 
 
 def test_serve_cli_serves_on_loopback_and_prints_its_url(model_dir, tmp_path):
