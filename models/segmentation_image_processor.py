@@ -200,7 +200,8 @@ class SegmentationImageProcessor(TorchvisionBackend):
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     def post_process_semantic_segmentation(
-        self, outputs, target_sizes: list[tuple[int, int]] | None = None
+        self, outputs, target_sizes: list[tuple[int, int]] | None = None, do_resize: bool | None = None,
+        size: SizeDict | dict | None = None,
     ) -> list[torch.Tensor]:
         """Class maps from the model's logits.
 
@@ -209,6 +210,9 @@ class SegmentationImageProcessor(TorchvisionBackend):
             target_sizes: the original (height, width) of each image given to ``preprocess``, or ``None``. With
                 sizes, the padding that ``preprocess`` added is cropped away and the logits are resized bilinearly to
                 the original size before the arg-max; without, the arg-max is taken at the logits' own size.
+            do_resize, size: the resize settings ``preprocess`` used, when they were given to that call rather than
+                stored in the processor (default: the processor's own). The padding to crop depends on them: with
+                other settings than preprocess had, the crop would be of the wrong area.
 
         Returns:
             a list of B (height, width) int64 tensors of class ids.
@@ -224,7 +228,7 @@ class SegmentationImageProcessor(TorchvisionBackend):
             raise ValueError(f"{len(target_sizes)} target sizes for a batch of {len(logits)}; give one per image")
         maps = []
         for item, (height, width) in zip(logits, target_sizes):
-            content_h, content_w = self.resized_size(int(height), int(width))
+            content_h, content_w = self.resized_size(int(height), int(width), do_resize, size)
             if content_h > item.shape[-2] or content_w > item.shape[-1]:
                 raise ValueError(
                     f"target size {(height, width)} does not fit logits of size {tuple(item.shape[-2:])}: give the "

@@ -296,6 +296,10 @@ def evaluate_segmentation(
             path = overlay_dir / f"{_safe_name(image_id)}.png"
             overlay_figure(image, prediction, class_names, reference, ignore_index, palette=palette).save(path)
             overlays.append(str(path))
+    if not cm.sum():
+        # Every score would be NaN (0 / 0): say why instead of writing a report of NaNs.
+        raise ValueError(f"nothing to score: the {total} evaluated rows have no labelled pixels (every mask pixel "
+                         f"is ignore_index {ignore_index}, or no rows were evaluated)")
     scores = scores_from_confusion(cm)
     settings = {"mode": mode, "window": window, "stride": stride, "flip": flip, "scales": list(scales),
                 "num_images": total}

@@ -48,13 +48,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data-set", action="append", default=[], metavar="KEY=VALUE", help="override a dataset YAML key")
     p.add_argument("--split", default="validation")
     p.add_argument("--out", help="report folder (default: MODEL/eval_SPLIT)")
-    p.add_argument("--max-samples", type=int, help="evaluate only the first N rows")
+    p.add_argument("--max-samples", type=int, help="evaluate only the first N rows (at least 1)")
     p.add_argument("--examples", default="4",
                    help="overlays / attention pictures: for the first N rows (a number), or for the rows listed by "
                         "index or image id (e.g. 0,17,2008_000123)")
     p.add_argument("--cache-dir", help="Arrow cache folder")
     g = p.add_argument_group("segment")
-    g.add_argument("--sliding-window", metavar="H,W", help="predict in windows of this size instead of whole images")
+    g.add_argument("--sliding-window", metavar="H,W", nargs="?", const="train-crop",
+                   help="predict in windows of this size instead of whole images (no value: the model's training "
+                        "crop size)")
     g.add_argument("--stride", metavar="H,W", help="sliding-window stride (default: half the window)")
     g.add_argument("--flip", action="store_true", help="average with the horizontally flipped prediction")
     g.add_argument("--scales", metavar="S,S,...",
@@ -66,13 +68,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--batch-size", type=int, default=16)
     g = p.add_argument_group("caption-seg (also --metrics, --num-beams, --batch-size)")
     g.add_argument("--no-segment-aware", action="store_true", help="caption without the segment tokens")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.max_samples is not None and args.max_samples < 1:
+        p.error(f"--max-samples must be at least 1, not {args.max_samples}")
+    return args
 
 
-def _pair(text: str | None):
+def _pair(text: str | None, flag: str):
+    """``H,W`` or ``S`` of ``flag`` as positive ints."""
     if text is None:
         return None
-    parts = [int(v) for v in text.split(",")]
+    try:
+        parts = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise DatasetError(f"{flag} {text!r}: give H,W or one size in pixels, e.g. 256,320") from None
+    if len(parts) > 2 or min(parts) < 1:
+        raise DatasetError(f"{flag} {text!r}: give H,W or one size in pixels, each at least 1")
     return parts[0] if len(parts) == 1 else tuple(parts)
 
 
@@ -134,7 +145,7 @@ def evaluate_segment(args, split, out: Path) -> dict:
     processor = SegmentationImageProcessor.from_pretrained(args.model)
     return evaluate_segmentation(
         model, processor, split, out,
-        mode="slide" if args.sliding_window else "whole", window=_pair(args.sliding_window), stride=_pair(args.stride),
+        mode="slide" if args.sliding_window else "whole", window=args.window, stride=args.stride,
         flip=args.flip, scales=args.scales, examples=args.examples, max_samples=args.max_samples,
     )
 
@@ -173,14 +184,48 @@ def evaluate_caption_seg(args, split, out: Path) -> dict:
                       examples=args.examples, max_samples=args.max_samples)
 
 
+def model_types() -> dict[str, tuple[str, ...]]:
+    """The model types (config.json's ``model_type``) each --task evaluates; stock VisionEncoderDecoderModel folders
+    caption too."""
+    from models.caption_seg_model import CaptionSegConfig
+    from models.captioner import CaptionerConfig
+    from models.unet import UnetConfig
+
+    return {"segment": (UnetConfig.model_type,), "caption": (CaptionerConfig.model_type, "vision-encoder-decoder"),
+            "caption-seg": (CaptionSegConfig.model_type,)}
+
+
+def model_type_error(folder: Path, task: str) -> str | None:
+    """Why ``folder`` is not a model that ``--task task`` evaluates, read from its config.json before anything loads
+    (a U-Net would otherwise load from a captioner's folder with freshly initialised weights); None when it is."""
+    types = model_types()
+    try:
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError) as err:
+        return f"--model {folder}: no readable config.json ({err}); give a folder written by scripts/train.py"
+    if model_type in types[task]:
+        return None
+    fits = [name for name, accepted in types.items() if model_type in accepted]
+    hint = f" (that is a --task {fits[0]} model)" if fits else ""
+    return (f"--model {folder} holds a {model_type!r} model{hint}; --task {task} evaluates "
+            f"{' or '.join(repr(t) for t in types[task])} models")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not Path(args.model).is_dir():
         print(f"error: --model {args.model}: no such model folder", file=sys.stderr)
         return 2
+    wrong = model_type_error(Path(args.model), args.task)
+    if wrong:
+        print(f"error: {wrong}", file=sys.stderr)
+        return 2
     out = Path(args.out or Path(args.model) / f"eval_{args.split}")
     try:
         args.scales = _scales(args.scales)  # before loading anything: a typo fails at once
+        args.window = None if args.sliding_window in (None, "train-crop") else _pair(args.sliding_window,
+                                                                                      "--sliding-window")
+        args.stride = _pair(args.stride, "--stride")
         overrides = parse_overrides(args.data_set)
         data_config = load_config(resolve_config_path(args.dataset), **overrides)
         args.data_ignore_index = data_config.ignore_index

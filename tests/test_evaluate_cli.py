@@ -36,6 +36,11 @@ def test_segment_report(seg_folder, tmp_path, cache_dir, capsys):
     assert 0 <= metrics["mIoU"] <= 1 and metrics["settings"]["mode"] == "slide"
     assert (out / "confusion_matrix.png").is_file() and (out / "per_class.txt").is_file()
     assert len(list((out / "overlays").glob("*.png"))) == 2
+    # --sliding-window without a size: the model's training crop (32x32), the same windows as above.
+    again = tmp_path / "report_crop"
+    assert main(["--task", "segment", "--model", str(seg_folder), *SHAPES, "--cache-dir", cache_dir,
+                 "--out", str(again), "--examples", "0", "--sliding-window", "--flip"]) == 0
+    assert json.loads((again / "metrics.json").read_text())["mIoU"] == pytest.approx(metrics["mIoU"])
 
 
 def test_segment_report_with_multi_scale_tta(seg_folder, tmp_path, cache_dir):
@@ -64,6 +69,14 @@ def test_errors_are_one_line(seg_folder, tmp_path, cache_dir, capsys):
     for bad in ("0.75,big", "0,1", ","):
         assert main(["--task", "segment", "--model", str(seg_folder), *SHAPES, "--scales", bad]) == 2
         assert "--scales" in capsys.readouterr().err
+    for flag, bad in (("--sliding-window", "abc"), ("--sliding-window", "0,32"), ("--stride", "8,8,8")):
+        assert main(["--task", "segment", "--model", str(seg_folder), *SHAPES, "--sliding-window", "32",
+                     flag, bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {flag} {bad!r}: give H,W"), err
+    with pytest.raises(SystemExit):
+        main(["--task", "segment", "--model", str(seg_folder), *SHAPES, "--max-samples", "0"])
+    assert "--max-samples must be at least 1" in capsys.readouterr().err
 
 
 def test_a_model_of_other_classes_or_damaged_weights_is_refused(seg_folder, tmp_path, cache_dir, capsys):
@@ -96,3 +109,46 @@ def test_examples_by_image_id_or_row(seg_folder, tmp_path, cache_dir, capsys):
     assert main(["--task", "segment", "--model", str(seg_folder), *SHAPES, "--cache-dir", cache_dir,
                  "--out", str(out), "--examples", "validation_000009"]) == 2
     assert "'validation_000009' is neither an image id nor a row index (0..2)" in capsys.readouterr().err
+
+
+@pytest.fixture
+def caption_folder(tmp_path, cache_dir):
+    from datasets_cfg import load_dataset_from_config
+    from models.caption_tokenizer import train_caption_tokenizer
+    from models.captioner import build_captioner, save_captioner
+
+    captions = load_dataset_from_config("shapes", num_train=8, num_validation=0, num_test=0, image_size=64,
+                                        cache_dir=cache_dir)["train"]["captions"]
+    tokenizer = train_caption_tokenizer(captions)
+    torch.manual_seed(0)
+    model, processor = build_captioner(
+        tokenizer, "resnet10t", "lstm", image_size=64, encoder_options={"feature_stage": 3, "grid_size": 4},
+        decoder_options={"hidden_size": 16, "embedding_size": 8, "attention_size": 8}, max_length=8, num_beams=2,
+    )
+    return save_captioner(model, tokenizer, processor, tmp_path / "cap")
+
+
+def test_caption_report_from_the_command_line(caption_folder, tmp_path, cache_dir, capsys):
+    out = tmp_path / "report"
+    assert main(["--task", "caption", "--model", str(caption_folder), *SHAPES, "--cache-dir", cache_dir,
+                 "--out", str(out), "--examples", "1", "--num-beams", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert '"BLEU-4"' in printed and '"metrics_mode": "fast"' in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"} <= set(metrics) and metrics["metrics_mode"] == "fast"
+    assert metrics["num_images"] == 3 and (out / "samples.png").is_file() and (out / "predictions.jsonl").is_file()
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 3
+
+
+def test_a_model_folder_of_another_task_is_named_before_anything_loads(seg_folder, caption_folder, tmp_path, capsys):
+    cases = [
+        ("caption", seg_folder, "holds a 'captionseg_unet' model (that is a --task segment model); --task caption "
+                                "evaluates 'captioner' or 'vision-encoder-decoder' models"),
+        ("segment", caption_folder, "holds a 'captioner' model (that is a --task caption model)"),
+        ("caption-seg", caption_folder, "--task caption-seg evaluates 'caption_seg' models"),
+        ("segment", tmp_path, "no readable config.json"),
+    ]
+    for task, folder, message in cases:
+        assert main(["--task", task, "--model", str(folder), *SHAPES]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: --model") and message in err[0], err

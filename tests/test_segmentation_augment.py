@@ -1,6 +1,8 @@
 """Joint image+mask augmentation (models/segmentation_augment.py): masks stay class ids, padding is ignore_index,
 presets by name, YAML or flags."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -52,6 +54,25 @@ def test_flip_moves_image_and_mask_together():
         assert np.array_equal(out_image[:, :, 0], out_mask * 40)
         flipped += not np.array_equal(out_mask, mask)
     assert 0 < flipped < 10
+
+
+def test_colour_jitter_changes_the_image_only_within_its_strength():
+    """Brightness/contrast/saturation factors in 1 +- 0.2, applied to 80 % of the crops: the image changes in some
+    draws and not in others, the mask never, and no channel's mean moves by more than about the factor allows."""
+    config = AugmentConfig(crop_size=(96, 128), scale_range=(1.0, 1.0), hflip=False, color_jitter=0.2)
+    image, mask = _pair(96, 128)
+    image = (image // 2 + 64).astype(np.uint8)  # mid-grey range: the factors are not hidden by clipping at 0 or 255
+    transform = train_transform(config, IGNORE, seed=1)
+    changed = 0
+    for _ in range(20):
+        out_image, out_mask = apply_transform(transform, image, mask)
+        assert np.array_equal(out_mask, mask)
+        changed += not np.array_equal(out_image, image)
+        ratio = out_image.reshape(-1, 3).mean(0) / image.reshape(-1, 3).mean(0)
+        assert (np.abs(ratio - 1) < 0.5).all()
+    assert 5 <= changed < 20
+    still = train_transform(dataclasses.replace(config, color_jitter=0.0), IGNORE, seed=1)
+    assert all(np.array_equal(apply_transform(still, image, mask)[0], image) for _ in range(5))
 
 
 def test_eval_pipeline_only_pads_with_ignore_index():

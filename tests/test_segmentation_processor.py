@@ -102,6 +102,23 @@ def test_post_processing_crops_padding_and_restores_original_sizes(settings):
         processor.post_process_semantic_segmentation(logits, target_sizes=sizes[:1])
 
 
+def test_post_processing_takes_the_resize_settings_given_to_the_preprocess_call():
+    """A resize asked for in the call only (not stored in the processor) must be undone with the same settings: a
+    40x40 image resized to 64x64 has no padding, and the left half of the logits is the left half of the image."""
+    processor = SegmentationImageProcessor()
+    settings = {"do_resize": True, "size": {"height": 64, "width": 64}}
+    batch = processor([_image(40, 40)], return_tensors="pt", **settings)
+    assert batch["pixel_values"].shape[-2:] == (64, 64)
+    logits = torch.zeros(1, 2, 64, 64)
+    logits[0, 1, :, :32] = 1.0
+    (class_map,) = processor.post_process_semantic_segmentation(logits, target_sizes=[(40, 40)], **settings)
+    assert class_map.shape == (40, 40)
+    assert (class_map[:, :20] == 1).all() and (class_map[:, 20:] == 0).all()
+    # Without them the processor's own settings (no resize) apply: the crop is then of the top-left 40x40 logits.
+    (stored,) = processor.post_process_semantic_segmentation(logits, target_sizes=[(40, 40)])
+    assert (stored == 1).float().mean() == pytest.approx(0.8)
+
+
 def test_save_and_load_with_auto_image_processor(tmp_path):
     processor = SegmentationImageProcessor(
         do_resize=True, size={"height": 64, "width": 96}, ignore_index=11, image_mean=[0.4, 0.5, 0.6]

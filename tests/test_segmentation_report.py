@@ -59,6 +59,14 @@ def test_evaluate_segmentation_writes_every_report_file(validation, model, tmp_p
     assert overlay.size[0] >= 3 * 64 and overlay.size[1] > 64
 
 
+def test_a_split_with_nothing_labelled_is_refused_not_scored_as_nan(validation, model, tmp_path):
+    processor = SegmentationImageProcessor.for_model(model.config)
+    ignored = validation.map(lambda row: {"mask": Image.fromarray(np.full((64, 64), 255, dtype=np.uint8))})
+    with pytest.raises(ValueError, match="nothing to score: the 3 evaluated rows have no labelled pixels"):
+        evaluate_segmentation(model, processor, ignored, tmp_path)
+    assert not (tmp_path / "metrics.json").exists()
+
+
 def test_report_uses_the_same_scores_as_the_metrics(tmp_path):
     ref = np.array([[0, 0, 1, 1], [2, 2, 1, 255]])
     pred = np.array([[0, 1, 1, 1], [2, 0, 1, 0]])
