@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from transformers import PreTrainedModel
 
 from datasets_cfg.image_io import to_rgb
@@ -45,9 +47,9 @@ from .caption_seg_model import (
     save_caption_seg,
 )
 from .caption_task import caption_scores, check_caption_metrics_mode, encode_caption_lists
-from .caption_tokenizer import train_caption_tokenizer
+from .caption_tokenizer import train_caption_tokenizer, vocabulary_fingerprint
 from .class_ids import class_ids
-from .decode_failures import DecodeFailures, decoded
+from .decode_failures import DecodeFailures, decoded, named_decode_failure
 from .segmentation_losses import build_loss
 from .segmentation_task import COLLAPSE_THRESHOLD
 from .task import TrainingTask, register_task
@@ -88,8 +90,9 @@ class CaptionSegEvalDataset(torch.utils.data.Dataset):
         return len(self.split)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        item = self.split[i]
-        return {"row": i, "image": item["image"], "mask": item["mask"]}
+        with named_decode_failure(i, "validation image or mask"):
+            item = self.split[i]
+            return {"row": i, "image": decoded(item["image"]), "mask": decoded(item["mask"])}
 
 
 @register_task
@@ -199,7 +202,10 @@ class CaptionSegTask(TrainingTask):
     def build_model(self) -> PreTrainedModel:
         a = self.args
         if a.init_from:
-            model, tokenizer, processor = load_caption_seg(a.init_from)
+            try:
+                model, tokenizer, processor = load_caption_seg(a.init_from)
+            except (OSError, ValueError, SafetensorError) as err:
+                raise ValueError(f"--init-from {a.init_from}: not a loadable caption-seg model folder ({err})") from err
             if model.config.class_names != self.class_names:
                 raise ValueError(
                     f"--init-from {a.init_from} was trained on the classes {model.config.class_names}, but the dataset "
@@ -236,13 +242,19 @@ class CaptionSegTask(TrainingTask):
         self.model, self.tokenizer, self.image_processor = model, tokenizer, processor
         return model
 
+    def checkpoint_identity(self) -> dict[str, Any]:
+        return vocabulary_fingerprint(self.tokenizer) if self.tokenizer is not None else {}
+
     def param_groups(self, model: PreTrainedModel) -> list[dict[str, Any]]:
+        multiplier = self.args.encoder_lr_multiplier
+        if not math.isfinite(multiplier) or multiplier < 0:
+            raise ValueError(f"--encoder-lr-multiplier must be >= 0, got {multiplier}")
         encoder = {id(p) for p in model.segmenter.unet.encoder.parameters()}
         lr = self.args.lr
         groups = [
             {"params": [p for p in model.parameters() if p.requires_grad and id(p) not in encoder], "lr": lr},
             {"params": [p for p in model.segmenter.unet.encoder.parameters() if p.requires_grad],
-             "lr": lr * self.args.encoder_lr_multiplier},
+             "lr": lr * multiplier},
         ]
         return [g for g in groups if g["params"]]
 

@@ -36,22 +36,25 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import PartialState
+from safetensors import SafetensorError
 from torch.nn import functional as F
 from transformers import AutoTokenizer, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
-from .caption_tokenizer import train_caption_tokenizer
+from .caption_tokenizer import train_caption_tokenizer, vocabulary_fingerprint
 from .captioner import DECODER_KINDS, build_captioner, load_captioner, save_captioner, set_generation_defaults
 from .cider_reward import CiderDReward
-from .decode_failures import DecodeFailures, decoded
+from .decode_failures import DecodeFailures, decoded, named_decode_failure
 from .encoder_feature_cache import cached_encoder_features
 from .lstm_decoder import LSTMDecoderForCausalLM, doubly_stochastic_penalty
-from .region_encoders import set_encoder_trainable
+from .region_encoders import IMAGENET_VARIANTS, set_encoder_trainable
 from .self_critical import self_critical_loss
 from .shapes_attribute_accuracy import shapes_attribute_accuracy
 from .task import TrainingTask, register_task
 
 logger = logging.getLogger(__name__)
+# --imagenet-weights values: the EfficientNet-Lite encoders that have offline ImageNet weights, by short name.
+LITE_NAMES = [name.removeprefix("tf_efficientnet_") for name in IMAGENET_VARIANTS]
 
 # Collapse warning: fewer distinct captions than this share of the images, or one caption for more than this share.
 MIN_DISTINCT_SHARE = 0.10
@@ -111,7 +114,8 @@ class CaptionEvalDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         if self.features is not None:
             return {"row": i, "features": self.features[i]}
-        return {"row": i, "image": self.images[i]["image"]}
+        with named_decode_failure(i, "validation image"):
+            return {"row": i, "image": decoded(self.images[i]["image"])}
 
 
 @register_task
@@ -123,8 +127,9 @@ class CaptionTask(TrainingTask):
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         p = parser
-        p.add_argument("--encoder", default="resnet10t",
-                       help="'vit' (trained from scratch) or a timm CNN: resnet10t, resnet18, tf_efficientnet_lite0, ...")
+        p.add_argument("--encoder", default=None,
+                       help="'vit' (trained from scratch) or a timm CNN: resnet10t, resnet18, tf_efficientnet_lite0, "
+                            "... (default: resnet10t, or the EfficientNet-Lite that --imagenet-weights names)")
         p.add_argument("--image-size", type=int, default=128, help="square input side in pixels")
         p.add_argument("--encoder-stage", type=int, default=3,
                        help="CNN feature stage that gives the regions (3 = stride 16: 8x8 regions at 128 px)")
@@ -134,8 +139,10 @@ class CaptionTask(TrainingTask):
         p.add_argument("--vit-dim", type=int, default=192)
         p.add_argument("--vit-layers", type=int, default=4)
         p.add_argument("--vit-heads", type=int, default=3)
-        p.add_argument("--imagenet-weights", action="store_true",
-                       help="load the offline ImageNet weights (tf_efficientnet_lite0/1/2 encoders)")
+        p.add_argument("--imagenet-weights", nargs="?", const="encoder", default=None,
+                       choices=["encoder", *LITE_NAMES], metavar="{lite0,lite1,lite2}",
+                       help="load offline ImageNet weights: 'lite0' (1, 2) picks the tf_efficientnet_lite0 (1, 2) "
+                            "encoder; without a value, the weights of the --encoder given (one of those three)")
         p.add_argument("--freeze-encoder", action="store_true", help="train the decoder only")
         p.add_argument("--train-encoder-stages", type=int, metavar="N",
                        help="fine-tune only the encoder's last N stages (CNN stages / ViT layers); the rest is frozen")
@@ -191,12 +198,27 @@ class CaptionTask(TrainingTask):
 
     def _check_arguments(self) -> None:
         a = self.args
+        # --imagenet-weights lite0 is one flag for encoder and weights, as for the segmentation tasks; after this,
+        # a.encoder is the encoder's name and a.imagenet_weights whether to load them.
+        variant = a.imagenet_weights if a.imagenet_weights not in (None, False, True, "encoder") else None
+        if variant is not None:
+            matching = f"tf_efficientnet_{variant}"
+            if a.encoder not in (None, matching):
+                raise ValueError(f"--imagenet-weights {variant} fits the encoder {matching!r}, not {a.encoder!r}: "
+                                 f"give --encoder {matching} or leave --encoder out")
+            a.encoder = matching
+        a.encoder = a.encoder or "resnet10t"
+        a.imagenet_weights = a.imagenet_weights not in (None, False)
         positive = ("image_size", "max_caption_len", "num_beams", "min_word_freq", "embed_dim", "decoder_dim",
-                    "attention_dim", "decoder_heads", "vit_patch_size", "vit_dim", "vit_layers", "vit_heads")
+                    "attention_dim", "decoder_layers", "decoder_heads", "vit_patch_size", "vit_dim", "vit_layers",
+                    "vit_heads")
         for name in positive:
             value = getattr(a, name, None)
             if value is not None and value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+        encoder_lr = getattr(a, "encoder_lr", None)
+        if encoder_lr is not None and not encoder_lr >= 0:
+            raise ValueError(f"--encoder-lr must be >= 0, not {encoder_lr}")
         if a.train_encoder_stages is not None and a.train_encoder_stages < 0:
             raise ValueError(f"--train-encoder-stages must be >= 0, not {a.train_encoder_stages}")
         if a.freeze_encoder and a.train_encoder_stages:
@@ -230,7 +252,7 @@ class CaptionTask(TrainingTask):
         if init_from:
             try:
                 model, tokenizer, processor = load_captioner(init_from)
-            except (OSError, ValueError) as err:
+            except (OSError, ValueError, SafetensorError) as err:
                 raise ValueError(f"--init-from {init_from}: not a loadable captioner folder ({err})") from err
             set_generation_defaults(model, tokenizer, max_length=max_length, num_beams=a.num_beams)
         else:
@@ -290,6 +312,9 @@ class CaptionTask(TrainingTask):
             return {"n_embd": a.decoder_dim, "n_layer": a.decoder_layers or 3, "n_head": a.decoder_heads,
                     "resid_pdrop": a.dropout, "embd_pdrop": a.dropout, "attn_pdrop": a.dropout}
         return {}
+
+    def checkpoint_identity(self) -> dict[str, Any]:
+        return vocabulary_fingerprint(self.tokenizer) if self.tokenizer is not None else {}
 
     def param_groups(self, model: PreTrainedModel) -> list[dict[str, Any]]:
         lr = self.args.lr

@@ -15,6 +15,8 @@ written, with no space before ":" or ",".
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -81,6 +83,14 @@ def vocabulary_words(tokenizer: PreTrainedTokenizerFast) -> list[str]:
     return [tok.removeprefix(_SPACE) for tok, _ in vocab if tok not in special]
 
 
+def vocabulary_fingerprint(tokenizer) -> dict[str, int | str]:
+    """The vocabulary's size and a SHA-256 of its (token, id) pairs: what a resumed run must share with its
+    checkpoint. A tokenizer retrained on other captions can have the same size and give the same words other ids."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    digest = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode("utf-8")).hexdigest()
+    return {"vocabulary_size": len(vocab), "vocabulary_sha256": digest}
+
+
 def display_tokens(tokenizer, ids: list[int], skip_special_tokens: bool = True) -> list[str]:
     """One display string per token of ``ids`` (the word without its word-start mark), e.g. to label attention
     maps. Works for any tokenizer (a GPT-2 BPE piece shows as its text)."""
@@ -95,4 +105,5 @@ def display_tokens(tokenizer, ids: list[int], skip_special_tokens: bool = True) 
     return out
 
 
-__all__ = ["SPECIAL_TOKENS", "display_tokens", "train_caption_tokenizer", "vocabulary_words"]
+__all__ = ["SPECIAL_TOKENS", "display_tokens", "train_caption_tokenizer", "vocabulary_fingerprint",
+           "vocabulary_words"]

@@ -1,5 +1,8 @@
 """Training goes on past an image that fails to decode mid-run: the row is skipped (its place in the batch goes to
-the next row that decodes), counted, and reported in a warning.
+the next row that decodes), counted, and reported in a warning. Validation and encoder-feature caching cannot skip
+a row without changing what is scored or cached (another image would take its place, and across processes
+Accelerate's gather would cut the wrong rows), so there a failure is one ``DatasetError`` naming the row, which the
+training loop reports after saving a checkpoint.
 
 The data layer checks every image when it builds a dataset, so this is for what happens later: a dataset built by
 other code, a file changed on disk, a decoder that fails on one image only when it is read again. Neither
@@ -10,7 +13,8 @@ The replacement is chosen deterministically (the next index), so an exact ``--re
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from PIL import Image
 
@@ -26,6 +30,19 @@ def decoded(image: Image.Image) -> Image.Image:
     """``image`` with its pixels read now: PIL opens lazily, and a truncated file fails only at ``load``."""
     image.load()
     return image
+
+
+@contextmanager
+def named_decode_failure(row: int, what: str) -> Iterator[None]:
+    """Turns a decode error inside the block (reading the row decodes its image) into a ``DatasetError`` naming
+    ``what`` (e.g. "validation image") and its row."""
+    try:
+        yield
+    except DECODE_ERRORS as err:
+        raise DatasetError(
+            f"{what} {row} failed to decode ({type(err).__name__}: {err}); it cannot be left out without changing "
+            "the scores: repair or remove that file and rebuild the dataset"
+        ) from None
 
 
 class DecodeFailures:

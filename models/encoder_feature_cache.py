@@ -12,13 +12,18 @@ fingerprint, image processor settings, encoder weights), so a stale file is reco
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
+
+from .decode_failures import decoded, named_decode_failure
+
+logger = logging.getLogger(__name__)
 
 
 def _weights_digest(module: torch.nn.Module) -> str:
@@ -78,9 +83,12 @@ def cached_encoder_features(
         raise ValueError(f"the dataset has no {image_column!r} column to encode (columns: {dataset.column_names})")
     key = features_key(encoder, image_processor, dataset, image_column) if cache_file else None
     if cache_file and Path(cache_file).is_file():
-        with safe_open(str(cache_file), framework="pt") as f:
-            if (f.metadata() or {}).get("key") == key:
-                return f.get_tensor("features")
+        try:
+            with safe_open(str(cache_file), framework="pt") as f:
+                if (f.metadata() or {}).get("key") == key:
+                    return f.get_tensor("features")
+        except (SafetensorError, OSError) as err:  # a run killed while copying it, a disk error: compute anew
+            logger.warning("encoder feature cache %s is damaged (%s); computing the features again", cache_file, err)
     images = dataset.select_columns([image_column])
     features = compute_encoder_features(encoder, image_processor, _Column(images, image_column), batch_size, device,
                                         progress)
@@ -103,7 +111,8 @@ class _Column:
         return len(self.dataset)
 
     def __getitem__(self, i: int):
-        return self.dataset[i][self.column]
+        with named_decode_failure(i, "image to encode, row"):
+            return decoded(self.dataset[i][self.column])
 
 
 __all__ = ["cached_encoder_features", "compute_encoder_features", "features_key"]

@@ -110,6 +110,14 @@ class CNNRegionEncoderModel(PreTrainedModel):
         if not timm.is_model(config.backbone):
             raise ValueError(f"unknown timm backbone {config.backbone!r}; see timm.list_models() (e.g. resnet18)")
         backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0)
+        fixed = backbone.pretrained_cfg.get("fixed_input_size") and tuple(backbone.pretrained_cfg["input_size"][1:])
+        if fixed and fixed != (config.image_size, config.image_size):
+            # ViT, DeiT, Swin, ...: built for one input size, they fail at the first forward on any other.
+            raise ValueError(
+                f"timm backbone {config.backbone!r} takes only {fixed[0]}x{fixed[1]} inputs, not "
+                f"{config.image_size}x{config.image_size}: give --image-size {fixed[0]}, use encoder 'vit' (a ViT "
+                "built for the image size), or a CNN (resnet18, tf_efficientnet_lite0, ...)"
+            )
         if not hasattr(backbone, "forward_intermediates"):
             raise ValueError(f"timm backbone {config.backbone!r} has no forward_intermediates; pick a ResNet or EfficientNet")
         info = backbone.feature_info

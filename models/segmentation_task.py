@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from transformers import PreTrainedModel
 
 from metrics.segmentation_metrics.segmentation_metrics import (
@@ -27,7 +28,7 @@ from metrics.segmentation_metrics.segmentation_metrics import (
 )
 
 from .class_ids import class_ids
-from .decode_failures import DecodeFailures
+from .decode_failures import DecodeFailures, named_decode_failure
 from .segmentation_augment import (
     PRESETS,
     AugmentConfig,
@@ -92,7 +93,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         if self.task is None:  # validation: an image that fails must not silently leave the metrics
-            return self._read(int(index))
+            with named_decode_failure(int(index), "validation image or mask"):
+                return self._read(int(index))
         return self.decode_failures.fetch(int(index), len(self), self._read)
 
     def _read(self, index: int) -> dict[str, np.ndarray]:
@@ -265,7 +267,10 @@ class SegmentationTask(TrainingTask):
                 raise ValueError(
                     f"--init-from takes the architecture and weights of {init_from}; drop {', '.join(architecture)}"
                 )
-            model = UnetForSemanticSegmentation.from_pretrained(init_from)
+            try:
+                model = UnetForSemanticSegmentation.from_pretrained(init_from)
+            except (OSError, ValueError, SafetensorError) as err:
+                raise ValueError(f"--init-from {init_from}: not a loadable segmentation model folder ({err})") from err
             names = [model.config.id2label[i] for i in range(model.config.num_labels)]
             if names != self.class_names:
                 raise ValueError(

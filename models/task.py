@@ -59,6 +59,12 @@ class TrainingTask:
         """A fresh model for this dataset (or one loaded from ``--init-from``)."""
         raise NotImplementedError
 
+    def checkpoint_identity(self) -> dict[str, Any]:
+        """What a checkpoint must share with this run to be resumed, besides the model's config (which the loop
+        compares itself): JSON-serialisable, e.g. a caption vocabulary. Saved with every checkpoint and compared by
+        ``--resume``; a difference is refused. Call after ``build_model``."""
+        return {}
+
     def param_groups(self, model: PreTrainedModel) -> list[dict[str, Any]]:
         """AdamW parameter groups; override to give the encoder its own learning rate."""
         return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": self.args.lr}]

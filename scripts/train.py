@@ -50,6 +50,10 @@ from models.training_curves import plot_training_curves  # noqa: E402
 
 logger = get_logger("train")
 MODEL_CONFIG_FILE = "model_config.json"  # saved next to each checkpoint's state, compared by --resume
+TASK_IDENTITY_FILE = "task_identity.json"  # the same for what a task's model depends on besides its config
+# Config keys that differ between equal models: save_pretrained sets architectures and auto_map on the live model's
+# config (so checkpoints after the first validation's save hold them, a freshly built model does not).
+BOOKKEEPING_KEYS = ("transformers_version", "dtype", "torch_dtype", "architectures", "auto_map")
 
 
 def import_tasks(extra: list[str] = ()) -> None:
@@ -124,9 +128,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     known, _ = pre.parse_known_args(argv)
     import_tasks(known.task_module)
     args = build_parser(known.task).parse_args(argv)
-    for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "eval_every_epochs", "logging_steps"):
-        if getattr(args, name) < 1:
-            build_parser(None).error(f"--{name.replace('_', '-')} must be at least 1")
+    def flag(name: str) -> str:
+        return f"--{name.replace('_', '-')}"
+
+    for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "eval_every_epochs", "logging_steps",
+                 "max_train_samples", "max_eval_samples", "max_steps", "stop_after_steps", "keep_checkpoints"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            build_parser(None).error(f"{flag(name)} must be at least 1")
+    for name in ("warmup_steps", "checkpoint_every", "num_workers", "weight_decay", "max_grad_norm"):
+        if getattr(args, name) < 0:
+            build_parser(None).error(f"{flag(name)} must be >= 0")
+    if not args.lr > 0:
+        build_parser(None).error(f"--lr must be positive, not {args.lr}")
+    if args.time_budget_min is not None and not args.time_budget_min > 0:
+        build_parser(None).error(f"--time-budget-min must be positive, not {args.time_budget_min}")
     return args
 
 
@@ -171,22 +186,28 @@ def config_differences(saved, current, prefix: str = "") -> list[str]:
     if isinstance(saved, dict) and isinstance(current, dict):
         out = []
         for key in sorted(set(saved) | set(current)):
-            if key.startswith("_") or key in ("transformers_version", "dtype", "torch_dtype"):
-                continue  # bookkeeping that differs between equal models
+            if key.startswith("_") or key in BOOKKEEPING_KEYS:
+                continue
             out += config_differences(saved.get(key), current.get(key), f"{prefix}{key}.")
         return out
     return [] if saved == current else [f"{prefix[:-1]}: {saved!r} -> {current!r}"]
 
 
-def load_checkpoint(accelerator: Accelerator, ckpt: Path, model) -> None:
-    """``accelerator.load_state`` with clear errors for a checkpoint of another model or a damaged one."""
-    saved_path, current = ckpt / MODEL_CONFIG_FILE, model_config_of(accelerator, model)
-    if saved_path.is_file() and current is not None:
+def load_checkpoint(accelerator: Accelerator, ckpt: Path, model, task_identity: dict | None = None) -> None:
+    """``accelerator.load_state`` with clear errors for a checkpoint of another model or a damaged one.
+
+    ``task_identity`` (``TrainingTask.checkpoint_identity``) is what else the checkpoint must share with this run,
+    e.g. the captioner's vocabulary: same sizes, other words would load without complaint and train nonsense."""
+    current = {MODEL_CONFIG_FILE: model_config_of(accelerator, model), TASK_IDENTITY_FILE: task_identity or None}
+    for name, now in current.items():
+        saved_path = ckpt / name
+        if now is None or not saved_path.is_file():
+            continue  # checkpoints made before the file existed are checked by load_state alone
         try:
             saved = json.loads(saved_path.read_text())
         except (OSError, ValueError) as err:
-            raise SystemExit(f"error: --resume {ckpt}: unreadable {MODEL_CONFIG_FILE} ({err})") from None
-        diffs = config_differences(saved, current)
+            raise SystemExit(f"error: --resume {ckpt}: unreadable {name} ({err})") from None
+        diffs = config_differences(saved, now)
         if diffs:
             # Sizes that differ would fail inside load_state; equal sizes with other classes or words would not.
             raise SystemExit(
@@ -194,6 +215,10 @@ def load_checkpoint(accelerator: Accelerator, ckpt: Path, model) -> None:
                 f"({'; '.join(diffs[:8])}{'; ...' if len(diffs) > 8 else ''}). Resume with the options and dataset "
                 "it was trained with, or train into a new --output-dir"
             )
+    if not (ckpt / "model.safetensors").is_file():
+        # Accelerate would name the pickle file it falls back to (pytorch_model.bin), not the one that is missing.
+        raise SystemExit(f"error: --resume {ckpt}: the checkpoint has no model.safetensors (incomplete or damaged); "
+                         "pick another step under checkpoints/ or train into a new --output-dir")
     try:
         accelerator.load_state(str(ckpt))
     except (OSError, RuntimeError, ValueError, KeyError, SafetensorError) as err:
@@ -205,7 +230,8 @@ def load_checkpoint(accelerator: Accelerator, ckpt: Path, model) -> None:
         ) from None
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int, model=None) -> None:
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int, model=None,
+                    task_identity: dict | None = None) -> None:
     folder = output_dir / "checkpoints" / f"step_{step}"
     if folder.is_dir():  # already saved at this step (e.g. --checkpoint-every fell on the last step)
         return
@@ -213,6 +239,8 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep:
     config = model_config_of(accelerator, model) if model is not None else None
     if accelerator.is_main_process and config is not None:
         (folder / MODEL_CONFIG_FILE).write_text(json.dumps(config, indent=2))  # what --resume checks against
+    if accelerator.is_main_process and task_identity:
+        (folder / TASK_IDENTITY_FILE).write_text(json.dumps(task_identity, indent=2))
     if accelerator.is_main_process:
         found = sorted((output_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
         for old in found[: max(len(found) - keep, 0)]:
@@ -277,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
         train_ds, eval_ds = task.train_dataset(), task.eval_dataset()
+        # Tasks check their learning-rate flags here (e.g. a negative --encoder-lr), and AdamW its own.
+        optimizer = torch.optim.AdamW(task.param_groups(model), lr=args.lr, weight_decay=args.weight_decay)
     except (DatasetError, ValueError, MissingWeightsPackage) as err:
         accelerator.print(f"error: {err}")
         return 2
@@ -288,7 +318,6 @@ def main(argv: list[str] | None = None) -> int:
     eval_dl = DataLoader(eval_ds, batch_size=args.eval_batch_size, shuffle=False,
                          collate_fn=task.eval_collate, num_workers=args.num_workers,
                          generator=torch.Generator().manual_seed(args.seed))
-    optimizer = torch.optim.AdamW(task.param_groups(model), lr=args.lr, weight_decay=args.weight_decay)
     model, optimizer, train_dl, eval_dl = accelerator.prepare(model, optimizer, train_dl, eval_dl)
 
     steps_per_epoch = math.ceil(len(train_dl) / args.grad_accum)
@@ -302,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.resume:
         ckpt = find_checkpoint(output_dir, args.resume)
-        load_checkpoint(accelerator, ckpt, model)
+        load_checkpoint(accelerator, ckpt, model, task.checkpoint_identity())
         accelerator.print(f"resumed from {ckpt}: step {state.global_step}, epoch {state.epoch}, "
                           f"{state.batches_in_epoch} batches into it")
     if accelerator.is_main_process:
@@ -358,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
                 running, running_n = {}, 0
                 window_start, window_steps = time.monotonic(), 0
             if args.checkpoint_every and state.global_step % args.checkpoint_every == 0:
-                save_checkpoint(accelerator, output_dir, state.global_step, args.keep_checkpoints, model)
+                save_checkpoint(accelerator, output_dir, state.global_step, args.keep_checkpoints, model,
+                                task.checkpoint_identity())
                 if window_steps == 0:  # a save right after a log does not count as training time
                     window_start = time.monotonic()
             if state.global_step >= max_steps:
@@ -379,9 +409,21 @@ def main(argv: list[str] | None = None) -> int:
             state.batches_in_epoch = 0
         last_epoch = stop_reason is not None or state.epoch >= num_epochs
         if last_epoch or state.epoch % args.eval_every_epochs == 0:
-            validate(accelerator, task, model, eval_dl, state, output_dir, history_path, time.monotonic() - start)
+            try:
+                validate(accelerator, task, model, eval_dl, state, output_dir, history_path, time.monotonic() - start)
+            except DatasetError as err:  # e.g. a validation image that no longer decodes (models/decode_failures.py)
+                kept = ""
+                if accelerator.num_processes == 1:  # with several, the others wait in a collective: no save
+                    save_checkpoint(accelerator, output_dir, state.global_step, args.keep_checkpoints, model,
+                                    task.checkpoint_identity())
+                    kept = f"; the training so far (step {state.global_step}) is checkpointed: --resume latest"
+                accelerator.print(f"error: validation at step {state.global_step}: {err}{kept}")
+                bar.close()
+                accelerator.end_training()
+                return 2
         if not args.checkpoint_every or last_epoch:
-            save_checkpoint(accelerator, output_dir, state.global_step, args.keep_checkpoints, model)
+            save_checkpoint(accelerator, output_dir, state.global_step, args.keep_checkpoints, model,
+                            task.checkpoint_identity())
         window_start, window_steps = time.monotonic(), 0  # the next window starts with the next epoch's steps
     bar.close()
 
@@ -428,7 +470,14 @@ def validate(accelerator, task, model, eval_dl, state: LoopState, output_dir: Pa
     scalars = {f"eval/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
     accelerator.log(scalars, step=state.global_step)
     value = float(metrics[task.main_metric])
-    better = state.best_metric is None or (value > state.best_metric if task.greater_is_better else value < state.best_metric)
+    if math.isnan(value):
+        # Nothing scorable in the evaluation split (e.g. every pixel ignored): no checkpoint can win on it.
+        logger.warning(f"validation at step {state.global_step}: {task.main_metric} is undefined (NaN); this model "
+                       "is not kept as the best; check the evaluation split", main_process_only=True)
+        better = False
+    else:
+        better = state.best_metric is None or (
+            value > state.best_metric if task.greater_is_better else value < state.best_metric)
     summary = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                         for k, v in metrics.items() if isinstance(v, (float, str)) and "/" not in k)
     accelerator.print(f"validation at step {state.global_step} (epoch {state.epoch}): {summary}")

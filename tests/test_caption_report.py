@@ -1,8 +1,6 @@
 """The caption report: metrics files, sample grid and attention maps per word, for LSTM and transformer decoders."""
 
 import json
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -13,19 +11,6 @@ from datasets_cfg import load_dataset_from_config
 from models.caption_report import attention_maps, metrics_table, save_attention_figure, write_caption_report
 from models.caption_tokenizer import train_caption_tokenizer
 from models.captioner import build_captioner
-
-
-@pytest.fixture
-def caption_metrics(monkeypatch):
-    """metrics.caption_metrics when it is there; a stand-in with the same interface otherwise."""
-    try:
-        from metrics.caption_metrics import score_captions  # noqa: F401
-    except ImportError:
-        module = types.ModuleType("metrics.caption_metrics")
-        keys = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
-        module.score_captions = lambda predictions, references, mode="fast": {**dict.fromkeys(keys, 0.0), "mode": mode}
-        monkeypatch.setitem(sys.modules, "metrics", types.ModuleType("metrics"))
-        monkeypatch.setitem(sys.modules, "metrics.caption_metrics", module)
 
 
 @pytest.fixture
@@ -63,7 +48,7 @@ def test_attention_maps_give_one_grid_per_word(split, decoder, encoder):
     assert len(generated_words) == generated_maps.shape[0]
 
 
-def test_write_caption_report_writes_metrics_table_samples_and_attention(split, tmp_path, caption_metrics):
+def test_write_caption_report_writes_metrics_table_samples_and_attention(split, tmp_path):
     model, tokenizer, processor = model_for(split, "lstm")
     metrics = write_caption_report(model, tokenizer, processor, split, tmp_path, batch_size=2, num_samples=4,
                                    attention_examples=[1, 3])

@@ -182,6 +182,31 @@ def test_init_from_a_model_of_other_classes_is_refused(tmp_path, cache, capsys):
     assert main(argv(tmp_path / "out", cache, "--epochs", "1", "--init-from", str(folder))) == 2
     printed = capsys.readouterr().out
     assert "error: --init-from" in printed and "['background', 'circle']" in printed and "Traceback" not in printed
+    assert main(argv(tmp_path / "out", cache, "--epochs", "1", "--init-from", str(tmp_path / "nowhere"))) == 2
+    printed = capsys.readouterr().out
+    assert "not a loadable caption-seg model folder" in printed and "Traceback" not in printed
+
+
+def test_trains_on_coco_captions_joined_to_coco_masks(shared_data, tmp_path, cache):
+    """The real COCO files of ../shared/data/coco_mini: 80 category classes plus background, five captions per image;
+    the model trained on them captions and segments a COCO photo in its classes."""
+    out = tmp_path / "coco"
+    assert main(["--task", "caption-seg", "--dataset", "coco_captions_masks", "--root", str(shared_data / "coco_mini"),
+                 "--eval-split", "train", "--max-train-samples", "8", "--max-eval-samples", "4", "--epochs", "1",
+                 "--cache-dir", cache, *TINY, *LOOP, "--output-dir", str(out)]) == 0
+    model, tokenizer, _ = load_caption_seg(out / "best")
+    assert len(model.config.class_names) == 81 and model.config.class_names[0] == "background"
+    assert "person" in model.config.class_names and "\u2581cake" in tokenizer.get_vocab()  # words start with \u2581
+    metrics = json.loads((out / "best" / "eval_metrics.json").read_text())
+    assert {"CIDEr", "mIoU"} <= set(metrics)
+
+    import pipelines  # noqa: F401  (registers the task)
+    from transformers import pipeline
+
+    photo = sorted((shared_data / "coco_mini").rglob("*.jpg"))[0]
+    result = pipeline("image-captioning-seg", model=str(out / "best"), device="cpu")(str(photo))
+    assert isinstance(result["caption"], str)
+    assert {segment["label"] for segment in result["segments"]} <= set(model.config.class_names)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -30,10 +30,12 @@ def tiny_captioner(cell="lstm") -> VisionEncoderDecoderModel:
     return model.eval()
 
 
-@pytest.mark.parametrize("cell,layers", [("lstm", 1), ("gru", 1), ("lstm", 2)])
-def test_incremental_decoding_with_the_cache_matches_teacher_forcing(cell, layers):
+@pytest.mark.parametrize("cell,layers,gated",
+                         [("lstm", 1, True), ("gru", 1, True), ("lstm", 2, True), ("lstm", 1, False)])
+def test_incremental_decoding_with_the_cache_matches_teacher_forcing(cell, layers, gated):
     torch.manual_seed(0)
-    model = tiny_decoder(cell, layers).eval()
+    model = tiny_decoder(cell, layers, gated_context=gated).eval()
+    assert (model.context_gate is None) != gated
     features = torch.randn(3, 7, C)
     ids = torch.randint(0, VOCAB, (3, 6))
     with torch.no_grad():

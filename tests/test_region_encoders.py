@@ -129,11 +129,17 @@ def test_cnn_encoder_is_registered_and_round_trips(tmp_path):
         torch.testing.assert_close(loaded(pixel_values=pixels).last_hidden_state, model(pixel_values=pixels).last_hidden_state)
 
 
-@pytest.mark.parametrize(
-    "bad", [{"backbone": "no_such_net"}, {"feature_stage": 9}, {"grid_size": 0}, {"hidden_size": -3}, {"image_size": 8}]
-)
-def test_bad_cnn_settings_raise_value_error(bad):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("bad,message", [
+    ({"backbone": "no_such_net"}, "unknown timm backbone 'no_such_net'"),
+    ({"feature_stage": 9}, "feature_stage 9 is out of range: resnet10t has 5 stages"),
+    ({"grid_size": 0}, "grid_size must be a positive integer"),
+    ({"hidden_size": -3}, "hidden_size must be a positive integer"),
+    ({"image_size": 8}, "image_size must be an integer >= 16"),
+    # A fixed-size transformer in timm: refused here, not at the first training step.
+    ({"backbone": "vit_tiny_patch16_224"}, "takes only 224x224 inputs, not 64x64: give --image-size 224"),
+])
+def test_bad_cnn_settings_raise_value_error(bad, message):
+    with pytest.raises(ValueError, match=message):
         cnn(**bad)
 
 

@@ -4,6 +4,7 @@ augmented datasets, training steps that lower the loss, validation metrics and t
 import argparse
 import json
 import logging
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -177,6 +178,16 @@ def test_save_pretrained_writes_model_and_processor_and_init_from_reloads_it(sha
 
     with pytest.raises(ValueError, match="drop --encoder"):
         make_task(shapes, "--init-from", str(tmp_path)).build_model()
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (damaged / name).write_bytes((tmp_path / name).read_bytes())
+    (damaged / "model.safetensors").write_bytes((tmp_path / "model.safetensors").read_bytes()[:200])
+    for not_a_model in (tmp_path / "nowhere", Path(__file__), damaged):
+        args.init_from = str(not_a_model)
+        with pytest.raises(ValueError, match="not a loadable segmentation model folder"):
+            SegmentationTask(args, data, config).build_model()
+    args.init_from = str(tmp_path)
     args.image_skip_channels = 8
     with pytest.raises(ValueError, match="drop --image-skip-channels"):
         SegmentationTask(args, data, config).build_model()

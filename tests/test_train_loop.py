@@ -97,6 +97,20 @@ def test_bad_flags_and_dataset_errors(tmp_path, base_args, capsys):
     assert "--toy-noise must be" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no checkpoint"):
         main(base_args + ["--output-dir", str(tmp_path / "z"), "--resume", "latest"])
+    for flags in (["--lr", "-1"], ["--warmup-steps", "-5"], ["--max-eval-samples", "0"], ["--time-budget-min", "0"]):
+        with pytest.raises(SystemExit):
+            main(base_args + ["--output-dir", str(tmp_path / "v"), *flags])
+        assert f"{flags[0]} must be" in capsys.readouterr().err
+    assert not (tmp_path / "v").exists()
+
+
+def test_a_validation_that_meets_a_bad_image_checkpoints_the_training_and_says_so(tmp_path, base_args, capsys):
+    out = tmp_path / "broken"
+    assert main(base_args + ["--output-dir", str(out), "--epochs", "1", "--toy-broken-validation"]) == 2
+    printed = capsys.readouterr().out
+    assert "error: validation at step 10: validation image 3 failed to decode" in printed
+    assert "checkpointed: --resume latest" in printed and "Traceback" not in printed
+    assert (out / "checkpoints" / "step_10" / "model.safetensors").is_file()
 
 
 TWO_PROCESS_TASKS = {
@@ -138,14 +152,19 @@ def test_two_processes_on_cpu(tmp_path, cache_dir, task):
     assert (out / "best" / "model.safetensors").is_file() and (out / "best" / "config.json").is_file()
 
 
+def one_epoch_args(task: str, out, cache_dir) -> list[str]:
+    """One epoch (2 steps of 4 images) of a TWO_PROCESS_TASKS task on 8 shapes images of 32 px, in one thread."""
+    return [*TWO_PROCESS_TASKS[task][0], "--dataset", "shapes", "--cache-dir", cache_dir,
+            "--data-set", "num_train=8", "--data-set", "num_validation=4", "--data-set", "num_test=0",
+            "--data-set", "image_size=32", "--batch-size", "4", "--epochs", "1", "--no-progress",
+            "--output-dir", str(out), "--threads", "1"]
+
+
 def test_resume_refuses_another_model_or_a_damaged_checkpoint(tmp_path, cache_dir):
     """--resume compares the checkpoint's model configuration with the one these options build, and turns a
     weights file that does not load into one error line, not a traceback."""
     out = tmp_path / "seg"
-    args = [*TWO_PROCESS_TASKS["segment"][0], "--dataset", "shapes", "--cache-dir", cache_dir,
-            "--data-set", "num_train=8", "--data-set", "num_validation=4", "--data-set", "num_test=0",
-            "--data-set", "image_size=32", "--batch-size", "4", "--epochs", "1", "--no-progress",
-            "--output-dir", str(out), "--threads", "1"]
+    args = one_epoch_args("segment", out, cache_dir)
     assert main(args) == 0
     ckpt = out / "checkpoints" / "step_2"
     assert (ckpt / "model_config.json").is_file()
@@ -163,6 +182,31 @@ def test_resume_refuses_another_model_or_a_damaged_checkpoint(tmp_path, cache_di
     weights = ckpt / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(SystemExit, match=r"cannot load this checkpoint .*corrupt"):
+        main(args + ["--resume", "latest"])
+    weights.unlink()
+    with pytest.raises(SystemExit, match=r"the checkpoint has no model.safetensors"):
+        main(args + ["--resume", "latest"])
+
+
+def test_resume_refuses_a_captioner_checkpoint_whose_vocabulary_differs(tmp_path, cache_dir):
+    """A caption vocabulary retrained on other captions can keep its size and give the words other ids: the
+    model config alone would match, so the checkpoint also keeps the vocabulary's fingerprint."""
+    out = tmp_path / "cap"
+    args = one_epoch_args("caption", out, cache_dir)
+    assert main(args) == 0
+    identity_file = out / "checkpoints" / "step_2" / "task_identity.json"
+    identity = json.loads(identity_file.read_text())
+    assert set(identity) == {"vocabulary_size", "vocabulary_sha256"} and identity["vocabulary_size"] > 4
+    # The last checkpoint comes after a validation that saved best/, which sets config.architectures on the live
+    # model: a fresh run with the same options must still resume from it.
+    assert json.loads((out / "checkpoints" / "step_2" / "model_config.json").read_text())["architectures"]
+    assert main(args + ["--resume", "latest", "--epochs", "2"]) == 0
+    assert (out / "checkpoints" / "step_4").is_dir()
+    identity_file = out / "checkpoints" / "step_4" / "task_identity.json"
+    identity = json.loads(identity_file.read_text())
+    identity["vocabulary_sha256"] = "0" * 64  # as if the words had other ids
+    identity_file.write_text(json.dumps(identity))
+    with pytest.raises(SystemExit, match=r"different model .*vocabulary_sha256: '0000"):
         main(args + ["--resume", "latest"])
 
 

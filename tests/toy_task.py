@@ -4,6 +4,7 @@ import numpy as np
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
+from datasets_cfg import DatasetError
 from models.task import TrainingTask, register_task
 
 
@@ -40,6 +41,8 @@ class ToyTask(TrainingTask):
     @classmethod
     def add_arguments(cls, parser):
         parser.add_argument("--toy-noise", type=float, default=0.1)
+        parser.add_argument("--toy-broken-validation", action="store_true",
+                            help="validation meets an image that does not decode")
 
     def build_model(self):
         if self.args.toy_noise < 0:
@@ -82,6 +85,8 @@ class ToyTask(TrainingTask):
         return loss, {"positives": float(batch["labels"].mean())}
 
     def evaluate(self, model, dataloader, accelerator):
+        if self.args.toy_broken_validation:
+            raise DatasetError("validation image 3 failed to decode (OSError: image file is truncated)")
         correct = total = 0
         for batch in dataloader:
             pred = (model(batch["pixel_values"]) > 0).float()
