@@ -40,8 +40,8 @@ def named_decode_failure(row: int, what: str) -> Iterator[None]:
         yield
     except DECODE_ERRORS as err:
         raise DatasetError(
-            f"{what} {row} failed to decode ({type(err).__name__}: {err}); it cannot be left out without changing "
-            "the scores: repair or remove that file and rebuild the dataset"
+            f"{what} {row} failed to decode ({type(err).__name__}: {err}); repair or remove that file and rebuild "
+            "the dataset"
         ) from None
 
 

@@ -11,12 +11,15 @@ sign of an all-background model.
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import math
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
+from PIL import Image
 from safetensors import SafetensorError
 from transformers import PreTrainedModel
 
@@ -92,19 +95,20 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return self.split.num_rows
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        index = int(index)
         if self.task is None:  # validation: an image that fails must not silently leave the metrics
-            with named_decode_failure(int(index), "validation image or mask"):
-                return self._read(int(index))
-        return self.decode_failures.fetch(int(index), len(self), self._read)
-
-    def _read(self, index: int) -> dict[str, np.ndarray]:
-        row = self.split[int(index)]
-        image = np.asarray(row["image"].convert("RGB"))
-        mask = np.asarray(row["mask"])
-        if self.task is not None:
-            self.transform.set_random_seed(int(self.task.sample_rng(int(index)).integers(2**31)))
+            with named_decode_failure(index, "validation image or mask"):
+                image, mask = self._decode(index)
+        else:
+            # Only decoding is guarded: an augmentation error is a bug to see, not a row to skip.
+            index, (image, mask) = self.decode_failures.fetch(index, len(self), lambda j: (j, self._decode(j)))
+            self.transform.set_random_seed(int(self.task.sample_rng(index).integers(2**31)))
         image, mask = apply_transform(self.transform, image, mask)
         return {"image": image, "mask": mask}
+
+    def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        row = self.split[index]
+        return np.asarray(row["image"].convert("RGB")), np.asarray(row["mask"])
 
 
 @register_task
@@ -214,8 +218,15 @@ class SegmentationTask(TrainingTask):
         return {"focus_classes": tuple(ids), "focus_crop_prob": 0.5 if prob is None else prob}
 
     def _training_image_size(self) -> tuple[int, int]:
-        split = self.data[self.train_split].select_columns(["image"])
-        sizes = {split[i]["image"].size[::-1] for i in range(min(8, split.num_rows))}
+        # Sizes from the file headers (datasets' decode=False): no pixels decoded, and a row whose pixel data is
+        # damaged is left to the training loop, which skips it, instead of failing here.
+        split = self.data[self.train_split].select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
+        sizes = set()
+        for i in range(min(8, split.num_rows)):
+            record = split[i]["image"]
+            with named_decode_failure(i, "training image"):
+                with Image.open(io.BytesIO(record["bytes"]) if record.get("bytes") else record["path"]) as header:
+                    sizes.add(header.size[::-1])
         if len(sizes) != 1:
             raise ValueError(
                 f"training images have several sizes {sorted(sizes)}: give --crop-size (a multiple of 32) or an "

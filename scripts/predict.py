@@ -89,7 +89,8 @@ def collect_images(inputs: list[str], recursive: bool = False) -> tuple[list[Pat
                 hint = "nor in its subfolders" if recursive else "--recursive also looks in its subfolders"
                 raise UsageError(f"{path}: folder has no image files ({', '.join(IMAGE_EXTENSIONS)}; {hint})")
             found.extend(images)
-            ignored.extend(p for p in candidates if p not in images)
+            kept = set(images)  # a set: folders of many thousand files
+            ignored.extend(p for p in candidates if p not in kept)
         elif path.is_file():
             found.append(path)
         else:

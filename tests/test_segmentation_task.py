@@ -13,7 +13,7 @@ import torch
 from accelerate import Accelerator
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
-from datasets_cfg import load_config, load_dataset_from_config, resolve_config_path
+from datasets_cfg import DatasetError, load_config, load_dataset_from_config, resolve_config_path
 from models.segmentation_task import SegmentationTask, median_frequency_weights
 from models.task import TASKS
 from models.unet import UnetForSemanticSegmentation
@@ -240,3 +240,48 @@ def test_unknown_encoder_is_a_clear_error(shapes, name):
     task = make_task(shapes, "--encoder", name)  # the later flag wins over TINY's
     with pytest.raises(ValueError, match=f"cannot build the U-Net with --encoder '{name}'"):
         task.build_model()
+
+
+def test_an_image_that_fails_to_decode_is_skipped_in_training_and_named_in_validation(shapes, caplog):
+    """Training gives a broken row's place to the next row (augmented as that row always is); validation cannot
+    leave a row out without changing the scores, so it names it. An augmentation error is never taken for one."""
+    data, config = shapes
+    truncated = data["train"][1]["image"]
+    import io
+
+    buffer = io.BytesIO()
+    truncated.save(buffer, format="PNG")
+    broken = datasets.Image().encode_example({"bytes": buffer.getvalue()[:300], "path": None})
+
+    def break_row(split, row):
+        return split.map(lambda r, i: {"image": broken} if i == row else {}, with_indices=True,
+                         features=split.features)
+
+    # Row 9: past the 8 rows whose headers give the training size (a truncated file's header still reads).
+    task = SegmentationTask(make_args(), datasets.DatasetDict(train=break_row(data["train"], 9),
+                                                             validation=break_row(data["validation"], 2)), config)
+    task.build_model()
+    # Among the first 8 rows (read for the training size): a truncated file's header still gives its size, bytes
+    # that are no image at all are named.
+    SegmentationTask(make_args(), datasets.DatasetDict(train=break_row(data["train"], 1)), config)
+    not_an_image = datasets.Image().encode_example({"bytes": b"not an image", "path": None})
+    garbage = data["train"].map(lambda r, i: {"image": not_an_image} if i == 1 else {}, with_indices=True,
+                                features=data["train"].features)
+    with pytest.raises(DatasetError, match="training image 1 failed to decode"):
+        SegmentationTask(make_args(), datasets.DatasetDict(train=garbage), config)
+    clean = make_task(shapes)
+    clean.build_model()
+    train, reference = task.train_dataset(), clean.train_dataset()
+    with caplog.at_level("WARNING"):
+        got = train[9]
+    assert train.decode_failures.count == 1 and "training image 9 failed to decode" in caplog.text
+    np.testing.assert_array_equal(got["image"], reference[10]["image"])  # row 10, with row 10's own augmentation
+    np.testing.assert_array_equal(got["mask"], reference[10]["mask"])
+    evaluation = task.eval_dataset()
+    assert evaluation[1]["mask"].shape == evaluation[1]["image"].shape[:2]
+    with pytest.raises(DatasetError, match="validation image or mask 2 failed to decode"):
+        evaluation[2]
+    train.transform = None  # a broken transform: its error must surface, not count as a decode failure
+    with pytest.raises(Exception) as err:
+        train[0]
+    assert not isinstance(err.value, DatasetError) and train.decode_failures.count == 1
