@@ -51,13 +51,15 @@ def _device(model: torch.nn.Module) -> torch.device:
 @torch.no_grad()
 def generate_caption_ids(
     model, image_processor, images: Sequence, batch_size: int = 16, num_beams: int | None = None,
-    max_length: int | None = None,
+    max_length: int | None = None, length_penalty: float | None = None,
 ) -> list[list[int]]:
     """Generated token ids (start token included) for each image, with the model's generation config unless
-    ``num_beams`` / ``max_length`` are given."""
+    ``num_beams`` / ``max_length`` / ``length_penalty`` are given (``length_penalty``: beam scores are divided by
+    length ** length_penalty, so > 0 favours longer captions; stock ``generate`` applies it)."""
     was_training = model.training
     model.eval()
-    options = {k: v for k, v in (("num_beams", num_beams), ("max_length", max_length)) if v is not None}
+    options = {k: v for k, v in (("num_beams", num_beams), ("max_length", max_length),
+                                 ("length_penalty", length_penalty)) if v is not None}
     out: list[list[int]] = []
     try:
         for start in tqdm(range(0, len(images), batch_size), desc="caption", unit="batch", disable=len(images) <= batch_size):
@@ -203,6 +205,7 @@ def write_caption_report(
     batch_size: int = 16,
     num_beams: int | None = None,
     max_length: int | None = None,
+    length_penalty: float | None = None,
     metrics_mode: str = "fast",
     num_samples: int = 16,
     attention_examples: int | Sequence[int] = 4,
@@ -224,7 +227,7 @@ def write_caption_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     images = dataset.select_columns(["image"])
     image_list = _LazyImages(images)
-    ids = generate_caption_ids(model, image_processor, image_list, batch_size, num_beams, max_length)
+    ids = generate_caption_ids(model, image_processor, image_list, batch_size, num_beams, max_length, length_penalty)
     predictions = [c.strip() for c in tokenizer.batch_decode(ids, skip_special_tokens=True)]
     references = dataset["captions"]
     image_ids = dataset["image_id"] if "image_id" in dataset.column_names else [str(i) for i in range(len(dataset))]
@@ -237,6 +240,11 @@ def write_caption_report(
         accuracy = shapes_attribute_accuracy(predictions, dataset["scene"])
         metrics.update({k: v for k, v in accuracy.items() if not math.isnan(v)})
     metrics["num_images"] = len(predictions)
+    metrics["num_beams"] = int(num_beams if num_beams is not None else model.generation_config.num_beams)
+    if length_penalty is None:
+        length_penalty = model.generation_config.length_penalty
+    # Unset in the generation config means transformers' own default, 1.0 (GenerationConfig's defaults table).
+    metrics["length_penalty"] = float(1.0 if length_penalty is None else length_penalty)
 
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out_dir / "metrics.md").write_text(metrics_table(metrics))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -65,12 +66,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--metrics", choices=["fast", "official"], default="fast",
                    help="official: PTB tokenizer and METEOR 1.5 through pycocoevalcap (needs Java)")
     g.add_argument("--num-beams", type=int, help="beam width (default: the model's generation config)")
+    g.add_argument("--length-penalty", type=float,
+                   help="beam search: scores are divided by length ** this, so > 0 favours longer captions and < 0 "
+                        "shorter ones (default: the model's generation config, usually 1.0); --task caption only")
     g.add_argument("--batch-size", type=int, default=16)
     g = p.add_argument_group("caption-seg (also --metrics, --num-beams, --batch-size)")
     g.add_argument("--no-segment-aware", action="store_true", help="caption without the segment tokens")
     args = p.parse_args(argv)
     if args.max_samples is not None and args.max_samples < 1:
         p.error(f"--max-samples must be at least 1, not {args.max_samples}")
+    if args.length_penalty is not None and args.task != "caption":
+        p.error(f"--length-penalty is for --task caption, not --task {args.task}")
+    if args.length_penalty is not None and not math.isfinite(args.length_penalty):
+        p.error(f"--length-penalty must be a finite number, not {args.length_penalty}")
     return args
 
 
@@ -163,7 +171,7 @@ def evaluate_caption(args, split, out: Path) -> dict:
         split = split.select(range(min(args.max_samples, split.num_rows)))
     return write_caption_report(
         model.eval(), tokenizer, processor, split, out, batch_size=args.batch_size, num_beams=args.num_beams,
-        metrics_mode=args.metrics, attention_examples=args.examples,
+        length_penalty=args.length_penalty, metrics_mode=args.metrics, attention_examples=args.examples,
     )
 
 

@@ -152,3 +152,37 @@ def test_a_model_folder_of_another_task_is_named_before_anything_loads(seg_folde
         assert main(["--task", task, "--model", str(folder), *SHAPES]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: --model") and message in err[0], err
+
+
+def test_length_penalty_reaches_beam_search_and_is_recorded(caption_folder, tmp_path, cache_dir, monkeypatch):
+    from transformers.generation.utils import GenerationMixin
+
+    seen = []
+    original = GenerationMixin.generate
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("length_penalty"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GenerationMixin, "generate", spy)
+    out = tmp_path / "report"
+    assert main(["--task", "caption", "--model", str(caption_folder), *SHAPES, "--cache-dir", cache_dir,
+                 "--out", str(out), "--examples", "0", "--num-beams", "2", "--length-penalty", "-0.5"]) == 0
+    assert seen and set(seen) == {-0.5}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["length_penalty"] == -0.5 and metrics["num_beams"] == 2
+    # Without the flag the report records the model's own generation config.
+    assert main(["--task", "caption", "--model", str(caption_folder), *SHAPES, "--cache-dir", cache_dir,
+                 "--out", str(tmp_path / "default"), "--examples", "0"]) == 0
+    metrics = json.loads((tmp_path / "default" / "metrics.json").read_text())
+    assert metrics["length_penalty"] == 1.0 and metrics["num_beams"] == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--task", "segment", "--length-penalty", "1.2"], "--length-penalty is for --task caption, not --task segment"),
+    (["--task", "caption", "--length-penalty", "nan"], "--length-penalty must be a finite number"),
+])
+def test_length_penalty_errors(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main([*argv, "--model", str(tmp_path), *SHAPES])
+    assert message in capsys.readouterr().err
