@@ -44,6 +44,7 @@ from transformers import get_scheduler  # noqa: E402
 from datasets_cfg import (  # noqa: E402
     DatasetError, load_config, load_dataset_from_config, parse_overrides, resolve_config_path,
 )
+from models.depthwise_precision import keep_depthwise_convs_fp32  # noqa: E402
 from models.imagenet_weights import MissingWeightsPackage  # noqa: E402
 from models.task import TASKS  # noqa: E402
 from models.training_curves import plot_training_curves  # noqa: E402
@@ -103,6 +104,10 @@ def build_parser(task_name: str | None) -> argparse.ArgumentParser:
     g.add_argument("--channels-last", action="store_true",
                    help="convolution weights and images in channels-last memory format (on a 2-core CPU the "
                         "captioner's steps ran 1.5x, the caption-seg model's 1.3x faster; models/memory_format.py)")
+    g.add_argument("--bf16-depthwise", choices=["fp32", "bf16"], default="fp32",
+                   help="precision of depthwise convolutions under --bf16 on a CPU: fp32 (default; oneDNN's bf16 "
+                        "depthwise kernels are slower, and the shapes U-Net trained 1.3x faster so; "
+                        "models/depthwise_precision.py) or bf16 (autocast's own choice)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
     g.add_argument("--threads", type=int, help="torch threads per process (default: torch's choice)")
@@ -304,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         model = task.build_model()
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        if args.bf16 and accelerator.device.type == "cpu" and args.bf16_depthwise == "fp32":
+            logger.info("--bf16 on CPU: %d depthwise convolutions kept in fp32 (--bf16-depthwise)",
+                        keep_depthwise_convs_fp32(model))
         train_ds, eval_ds = task.train_dataset(), task.eval_dataset()
         # Tasks check their learning-rate flags here (e.g. a negative --encoder-lr), and AdamW its own.
         optimizer = torch.optim.AdamW(task.param_groups(model), lr=args.lr, weight_decay=args.weight_decay)
