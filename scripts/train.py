@@ -106,7 +106,7 @@ def build_parser(task_name: str | None) -> argparse.ArgumentParser:
                         "captioner's steps ran 1.5x, the caption-seg model's 1.3x faster; models/memory_format.py)")
     g.add_argument("--bf16-depthwise", choices=["fp32", "bf16"], default="fp32",
                    help="precision of depthwise convolutions under --bf16 on a CPU: fp32 (default; oneDNN's bf16 "
-                        "depthwise kernels are slower, and the shapes U-Net trained 1.3x faster so; "
+                        "depthwise kernels are slower: the shapes U-Net trained 1.2x faster so; "
                         "models/depthwise_precision.py) or bf16 (autocast's own choice)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
