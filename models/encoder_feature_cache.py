@@ -3,7 +3,7 @@
 A frozen encoder gives the same ``last_hidden_state`` for an image in every epoch, so it is computed once per
 dataset split and fed to the model as ``encoder_outputs=`` (``VisionEncoderDecoderModel`` then skips its encoder).
 The features can be kept in a safetensors file whose metadata records what they were computed from (dataset
-fingerprint, image processor settings, encoder weights), so a stale file is recomputed rather than reused.
+fingerprint, image processor settings, encoder weights and architecture), so a stale file is recomputed rather than reused.
 
 >>> feats = cached_encoder_features(model.encoder, processor, ds["train"], "runs/x/encoder_features/train.safetensors")
 >>> model(encoder_outputs=BaseModelOutput(last_hidden_state=feats[rows]), decoder_input_ids=...)
@@ -12,6 +12,7 @@ fingerprint, image processor settings, encoder weights), so a stale file is reco
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -34,12 +35,25 @@ def _weights_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def _architecture(module: torch.nn.Module) -> str:
+    # Weights alone do not pin the features: the same weights give a 7x7 or a 14x14 map by output_stride.
+    config = getattr(module, "config", None)
+    if config is None or not hasattr(config, "to_dict"):
+        return type(module).__name__
+    # What saving and loading add or change (dtype: None when built, "float32" when loaded), not the computation;
+    # the weights digest already covers the dtype.
+    volatile = {"_name_or_path", "transformers_version", "architectures", "auto_map", "pretrained_weights", "dtype"}
+    settings = {k: v for k, v in config.to_dict().items() if k not in volatile}
+    return type(module).__name__ + json.dumps(settings, sort_keys=True, default=str)
+
+
 def features_key(encoder: torch.nn.Module, image_processor, dataset, image_column: str = "image") -> str:
-    """What the features depend on: the dataset rows, the preprocessing and the encoder weights."""
+    """What the features depend on: the dataset rows, the preprocessing, the encoder weights and its architecture."""
     fingerprint = getattr(dataset, "_fingerprint", None)
     if fingerprint is None:
         raise ValueError("the dataset has no fingerprint: pass a datasets.Dataset to cache its encoder features")
-    parts = [fingerprint, str(len(dataset)), image_column, image_processor.to_json_string(), _weights_digest(encoder)]
+    parts = [fingerprint, str(len(dataset)), image_column, image_processor.to_json_string(), _weights_digest(encoder),
+             _architecture(encoder)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 

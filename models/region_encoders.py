@@ -45,6 +45,9 @@ class CNNRegionEncoderConfig(PreTrainedConfig):
             a different value adds a 1x1 convolution.
         grid_size: average-pool the feature map to grid_size x grid_size regions (None: keep it, e.g. 8 x 8 for
             128 px at stride 16).
+        output_stride: 8 or 16 turns the backbone's later strides into dilations (timm's ``output_stride``, as in
+            DeepLab), so that its last stage gives a finer map from the same weights: 14 x 14 instead of 7 x 7 at
+            224 px with 16. None: the backbone's own strides (32 for ResNets and EfficientNets).
         image_size: the side of the images it is built for (sizes the position embeddings; other sizes
             interpolate them).
         position_embeddings: add learned 2-D position embeddings to the regions, initialised to a sine-cosine
@@ -59,6 +62,7 @@ class CNNRegionEncoderConfig(PreTrainedConfig):
     feature_stage: int = 3
     hidden_size: int | None = None
     grid_size: int | None = None
+    output_stride: int | None = None
     image_size: int = 128
     num_channels: int = 3
     position_embeddings: bool = True
@@ -72,9 +76,23 @@ class CNNRegionEncoderConfig(PreTrainedConfig):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name} must be a positive integer or None, not {value!r}")
+        if self.output_stride is not None and (isinstance(self.output_stride, bool) or self.output_stride not in (8, 16, 32)):
+            raise ValueError(f"output_stride must be 8, 16, 32 or None, not {self.output_stride!r}")
         if not isinstance(self.image_size, int) or self.image_size < 16:
             raise ValueError(f"image_size must be an integer >= 16, not {self.image_size!r}")
         super().__post_init__(**kwargs)
+
+
+def _create_backbone(config: CNNRegionEncoderConfig) -> nn.Module:
+    if config.output_stride is None:
+        return timm.create_model(config.backbone, pretrained=False, num_classes=0)
+    try:
+        return timm.create_model(config.backbone, pretrained=False, num_classes=0, output_stride=config.output_stride)
+    except (TypeError, AssertionError, ValueError) as err:  # timm's builders reject it each in their own way
+        raise ValueError(
+            f"timm backbone {config.backbone!r} does not take output_stride={config.output_stride} ({err}); "
+            "ResNets and EfficientNets do, or leave the output stride at its default"
+        ) from err
 
 
 def sincos_position_embeddings(dim: int, height: int, width: int) -> torch.Tensor:
@@ -109,7 +127,7 @@ class CNNRegionEncoderModel(PreTrainedModel):
         super().__init__(config)
         if not timm.is_model(config.backbone):
             raise ValueError(f"unknown timm backbone {config.backbone!r}; see timm.list_models() (e.g. resnet18)")
-        backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0)
+        backbone = _create_backbone(config)
         fixed = backbone.pretrained_cfg.get("fixed_input_size") and tuple(backbone.pretrained_cfg["input_size"][1:])
         if fixed and fixed != (config.image_size, config.image_size):
             # ViT, DeiT, Swin, ...: built for one input size, they fail at the first forward on any other.

@@ -244,6 +244,19 @@ def test_bad_use_raises_clear_errors(data):
         make_task(data, "--decoder", "no/such-decoder-folder").build_model()
 
 
+def test_output_stride_flag_gives_the_encoder_a_finer_map(data):
+    # resnet10t at 64 px: stage 4 is 2x2 at its own stride 32, 4x4 at output stride 16.
+    coarse = make_task(data, "--encoder-stage", "4").build_model()
+    fine = make_task(data, "--encoder-stage", "4", "--output-stride", "16").build_model()
+    pixels = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert coarse.encoder(pixel_values=pixels).last_hidden_state.shape[1] == 4
+        assert fine.encoder(pixel_values=pixels).last_hidden_state.shape[1] == 16
+    assert fine.encoder.config.output_stride == 16
+    with pytest.raises(ValueError, match="--output-stride is for CNN encoders"):
+        make_task(data, "--encoder", "vit", "--output-stride", "16").build_model()
+
+
 def test_imagenet_weights_by_name_pick_their_encoder(data):
     """--imagenet-weights lite0 is one flag, as for the segmentation tasks; bare --imagenet-weights loads the
     weights of the --encoder given."""

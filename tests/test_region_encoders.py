@@ -100,6 +100,22 @@ def test_offline_imagenet_weights_fill_an_efficientnet_lite_backbone():
         cnn().load_imagenet_weights()
 
 
+def test_output_stride_gives_a_finer_last_map_from_the_same_weights():
+    coarse = cnn(backbone="tf_efficientnet_lite0", feature_stage=4).eval()
+    fine = cnn(backbone="tf_efficientnet_lite0", feature_stage=4, output_stride=16).eval()
+    # Dilation changes no parameter: the coarse backbone's weights load into the dilated one as they are.
+    fine.backbone.load_state_dict(coarse.backbone.state_dict(), strict=True)
+    pixels = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert coarse(pixel_values=pixels).last_hidden_state.shape == (1, 2 * 2, 320)
+        assert fine(pixel_values=pixels).last_hidden_state.shape == (1, 4 * 4, 320)
+        # Stride 16 is what stage 3 has anyway: there the two backbones agree exactly.
+        stage3 = dict(indices=[3], intermediates_only=True, stop_early=True)
+        torch.testing.assert_close(fine.backbone.forward_intermediates(pixels, **stage3)[-1],
+                                   coarse.backbone.forward_intermediates(pixels, **stage3)[-1])
+    assert fine.position_embeddings.shape[-2:] == (4, 4) and region_layout(fine, 64, 64) == (4, 4, 0)
+
+
 def test_vit_encoder_regions_follow_the_cls_token_and_freeze_by_layers():
     torch.manual_seed(0)
     vit = build_vit_encoder(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2)
@@ -135,6 +151,8 @@ def test_cnn_encoder_is_registered_and_round_trips(tmp_path):
     ({"grid_size": 0}, "grid_size must be a positive integer"),
     ({"hidden_size": -3}, "hidden_size must be a positive integer"),
     ({"image_size": 8}, "image_size must be an integer >= 16"),
+    ({"output_stride": 12}, "output_stride must be 8, 16, 32 or None, not 12"),
+    ({"output_stride": True}, "output_stride must be 8, 16, 32 or None"),
     # A fixed-size transformer in timm: refused here, not at the first training step.
     ({"backbone": "vit_tiny_patch16_224"}, "takes only 224x224 inputs, not 64x64: give --image-size 224"),
 ])
@@ -174,3 +192,19 @@ def test_cached_encoder_features_are_reused_and_feed_the_model(tmp_path, cache_d
     with torch.no_grad():
         model.encoder.position_embeddings.add_(1.0)
     assert not torch.allclose(cached_encoder_features(model.encoder, processor, data["train"], cache_file), feats)
+
+
+def test_feature_cache_key_tells_output_strides_apart(tmp_path, cache_dir):
+    # Same weights, another map: a 7x7 cache must not be served to a 14x14 encoder.
+    data = load_dataset_from_config("shapes", num_train=2, num_validation=0, num_test=0, image_size=32, cache_dir=cache_dir)
+    coarse = cnn(feature_stage=4, position_embeddings=False)
+    fine = cnn(feature_stage=4, position_embeddings=False, output_stride=16)
+    fine.load_state_dict(coarse.state_dict(), strict=True)
+    processor = image_processor_for(coarse)
+    key = encoder_feature_cache.features_key
+    assert key(coarse, processor, data["train"]) != key(fine, processor, data["train"])
+    assert key(coarse, processor, data["train"]) == key(cnn(feature_stage=4, position_embeddings=False), processor, data["train"])
+    # A saved and reloaded encoder (as --init-from gives) keeps its key, so its cache is reused.
+    coarse.save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path, trust_remote_code=True)
+    assert key(reloaded, processor, data["train"]) == key(coarse, processor, data["train"])
