@@ -116,6 +116,22 @@ def test_output_stride_gives_a_finer_last_map_from_the_same_weights():
     assert fine.position_embeddings.shape[-2:] == (4, 4) and region_layout(fine, 64, 64) == (4, 4, 0)
 
 
+def test_a_backbone_that_rejects_output_stride_gets_one_clear_error(monkeypatch):
+    import timm
+
+    real = timm.create_model
+
+    def no_dilation(name, **kwargs):  # as a timm builder without dilation support fails
+        if "output_stride" in kwargs:
+            raise TypeError("__init__() got an unexpected keyword argument 'output_stride'")
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", no_dilation)
+    with pytest.raises(ValueError, match="'resnet10t' does not take output_stride=16 .*leave the output stride"):
+        cnn(output_stride=16)
+    assert cnn().config.output_stride is None  # without the option the builder is called as before
+
+
 def test_vit_encoder_regions_follow_the_cls_token_and_freeze_by_layers():
     torch.manual_seed(0)
     vit = build_vit_encoder(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2)
