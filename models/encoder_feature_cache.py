@@ -3,7 +3,7 @@
 A frozen encoder gives the same ``last_hidden_state`` for an image in every epoch, so it is computed once per
 dataset split and fed to the model as ``encoder_outputs=`` (``VisionEncoderDecoderModel`` then skips its encoder).
 The features can be kept in a safetensors file whose metadata records what they were computed from (dataset
-fingerprint, image processor settings, encoder weights and architecture), so a stale file is recomputed rather than reused.
+images, image processor settings, encoder weights and architecture), so a stale file is recomputed rather than reused.
 
 >>> feats = cached_encoder_features(model.encoder, processor, ds["train"], "runs/x/encoder_features/train.safetensors")
 >>> model(encoder_outputs=BaseModelOutput(last_hidden_state=feats[rows]), decoder_input_ids=...)
@@ -47,13 +47,36 @@ def _architecture(module: torch.nn.Module) -> str:
     return type(module).__name__ + json.dumps(settings, sort_keys=True, default=str)
 
 
+def _images_digest(dataset, image_column: str) -> str:
+    # Not the dataset's _fingerprint: that records how the dataset was made (the loader's code and arguments, every
+    # transform since), so the same photos get a new one after a change to the loader, a select() or a dropped
+    # column (on Flickr8k, between two sessions: identical features under a new key), and features that took minutes
+    # would be computed again for nothing. The images, in order, are what the features depend on; hashing their
+    # encoded bytes takes seconds.
+    h = hashlib.blake2b(digest_size=32)
+    rows = dataset.select_columns([image_column]).with_format("arrow")
+    for batch in rows.iter(batch_size=256):
+        for value in batch.column(0).to_pylist():
+            if isinstance(value, dict) and value.get("bytes") is not None:  # an Image feature with its file's bytes
+                data = value["bytes"]
+            elif isinstance(value, dict) and value.get("path"):  # only a path: the file's name, size and time
+                path = value["path"]
+                stat = os.stat(path) if os.path.exists(path) else None
+                data = f"{path}|{stat.st_size if stat else ''}|{stat.st_mtime_ns if stat else ''}".encode()
+            else:  # arrays or other values
+                data = json.dumps(value, sort_keys=True, default=str).encode()
+            h.update(len(data).to_bytes(8, "little"))
+            h.update(data)
+    return h.hexdigest()
+
+
 def features_key(encoder: torch.nn.Module, image_processor, dataset, image_column: str = "image") -> str:
-    """What the features depend on: the dataset rows, the preprocessing, the encoder weights and its architecture."""
-    fingerprint = getattr(dataset, "_fingerprint", None)
-    if fingerprint is None:
-        raise ValueError("the dataset has no fingerprint: pass a datasets.Dataset to cache its encoder features")
-    parts = [fingerprint, str(len(dataset)), image_column, image_processor.to_json_string(), _weights_digest(encoder),
-             _architecture(encoder)]
+    """What the features depend on: the images in order, the preprocessing, the encoder weights and architecture."""
+    if not hasattr(dataset, "select_columns") or not hasattr(dataset, "with_format"):
+        raise ValueError("pass a datasets.Dataset to cache its encoder features, not a "
+                         f"{type(dataset).__name__}")
+    parts = [_images_digest(dataset, image_column), str(len(dataset)), image_column,
+             image_processor.to_json_string(), _weights_digest(encoder), _architecture(encoder)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 

@@ -224,3 +224,21 @@ def test_feature_cache_key_tells_output_strides_apart(tmp_path, cache_dir):
     coarse.save_pretrained(tmp_path)
     reloaded = AutoModel.from_pretrained(tmp_path, trust_remote_code=True)
     assert key(reloaded, processor, data["train"]) == key(coarse, processor, data["train"])
+
+
+def test_feature_cache_key_follows_the_images_not_the_dataset_fingerprint(cache_dir):
+    # The same photos reached another way (here a selection of every row and a dropped column; between sessions, a
+    # changed loader) get a new dataset fingerprint; the features would be the same, so their key must be too.
+    # Other rows or another order must not share it.
+    data = load_dataset_from_config("shapes", num_train=3, num_validation=0, num_test=0, image_size=32,
+                                    cache_dir=cache_dir)["train"]
+    same_images = data.select([0, 1, 2]).remove_columns(["captions"])
+    assert same_images._fingerprint != data._fingerprint
+    encoder = cnn(feature_stage=2, position_embeddings=False)
+    processor = image_processor_for(encoder)
+    key = encoder_feature_cache.features_key
+    assert key(encoder, processor, same_images) == key(encoder, processor, data)
+    assert key(encoder, processor, data.select([0, 1])) != key(encoder, processor, data)
+    assert key(encoder, processor, data.select([1, 0, 2])) != key(encoder, processor, data)
+    with pytest.raises(ValueError, match="datasets.Dataset"):
+        key(encoder, processor, list(data))
