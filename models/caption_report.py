@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 from torch.nn import functional as F
 
+from .caption_ensemble import CaptionEnsemble
 from .caption_task import caption_diversity
 from .caption_tokenizer import display_tokens
 from .lstm_decoder import LSTMDecoderConfig
@@ -192,6 +193,8 @@ def metrics_table(metrics: dict[str, float]) -> str:
     lines = ["| metric | value |", "|---|---|"]
     for k in keys:
         v = metrics[k]
+        if isinstance(v, (list, tuple)):
+            v = ", ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in v)
         lines.append(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
     return "\n".join(lines) + "\n"
 
@@ -209,12 +212,16 @@ def write_caption_report(
     metrics_mode: str = "fast",
     num_samples: int = 16,
     attention_examples: int | Sequence[int] = 4,
+    details: dict | None = None,
 ) -> dict[str, float]:
     """Caption every row of ``dataset`` (columns ``image``, ``captions``; ``image_id`` and ``scene`` if present)
     and write the report files listed in the module docstring. Returns the metrics.
 
     Args:
+        model: a captioner, or a ``CaptionEnsemble`` of several (its attention figures show its first member's
+            attention, for the ensemble's caption).
         attention_examples: how many rows (the first ones) or which row indices get an attention figure.
+        details: more entries for ``metrics.json`` (e.g. the ensemble's members), recorded as they are.
     """
     from metrics.caption_metrics import score_captions
 
@@ -245,6 +252,7 @@ def write_caption_report(
         length_penalty = model.generation_config.length_penalty
     # Unset in the generation config means transformers' own default, 1.0 (GenerationConfig's defaults table).
     metrics["length_penalty"] = float(1.0 if length_penalty is None else length_penalty)
+    metrics.update(details or {})
 
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out_dir / "metrics.md").write_text(metrics_table(metrics))
@@ -256,10 +264,11 @@ def write_caption_report(
         save_sample_grid([image_list[i] for i in shown], [predictions[i] for i in shown],
                          [references[i] for i in shown], out_dir / "samples.png")
     chosen = range(min(attention_examples, len(dataset))) if isinstance(attention_examples, int) else attention_examples
+    drawn = model.members[0] if isinstance(model, CaptionEnsemble) else model  # an ensemble has no one attention
     for i in chosen:
         if not 0 <= i < len(dataset):
             raise ValueError(f"attention example {i} is not a row of the dataset (0..{len(dataset) - 1})")
-        words, maps = attention_maps(model, tokenizer, image_processor, image_list[i], ids[i])
+        words, maps = attention_maps(drawn, tokenizer, image_processor, image_list[i], ids[i])
         safe_id = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(image_ids[i]))
         save_attention_figure(image_list[i], words, maps, out_dir / "attention" / f"{safe_id}.png")
     return metrics

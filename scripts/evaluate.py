@@ -2,12 +2,14 @@
 
     python scripts/evaluate.py --task segment --model runs/seg/best --dataset camvid --root ../shared/data/camvid
     python scripts/evaluate.py --task caption --model runs/cap/best --dataset shapes --split test --metrics official
+    python scripts/evaluate.py --task caption --model runs/cap/best --ensemble-with runs/cap2/best --dataset shapes
 
 segment: ``metrics.json``, ``per_class.txt``, ``confusion_matrix.png`` and ``overlays/`` (photo, reference,
 prediction, legend), predicting at each image's own resolution (whole image, or ``--sliding-window``).
 caption: ``metrics.json`` / ``metrics.md`` (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, labelled fast or official;
 distinct-caption share; attribute accuracy on shapes), ``predictions.jsonl``, ``samples.png`` and
-``attention/`` (one picture per word).
+``attention/`` (one picture per word). ``--ensemble-with FOLDER`` (repeatable) captions with several captioners at
+once (``models.caption_ensemble``: beam search over their mean word probabilities).
 caption-seg: both sets of metrics from ``pipeline("image-captioning-seg")`` (``pipelines.caption_seg_report``),
 ``predictions.jsonl`` and ``overlays/`` (photo, coloured mask, legend, caption); ``--no-segment-aware`` captions
 without the segment tokens.
@@ -69,6 +71,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--length-penalty", type=float,
                    help="beam search: scores are divided by length ** this, so > 0 favours longer captions and < 0 "
                         "shorter ones (default: the model's generation config, usually 1.0); --task caption only")
+    g.add_argument("--ensemble-with", action="append", default=[], metavar="FOLDER",
+                   help="caption with --model and this captioner together, averaging their word probabilities at "
+                        "each beam-search step (repeat for more; they must share the vocabulary and image size)")
+    g.add_argument("--ensemble-weights", metavar="W,W,...",
+                   help="one weight per captioner, --model first (default: equal)")
     g.add_argument("--batch-size", type=int, default=16)
     g = p.add_argument_group("caption-seg (also --metrics, --num-beams, --batch-size)")
     g.add_argument("--no-segment-aware", action="store_true", help="caption without the segment tokens")
@@ -79,6 +86,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--length-penalty is for --task caption, not --task {args.task}")
     if args.length_penalty is not None and not math.isfinite(args.length_penalty):
         p.error(f"--length-penalty must be a finite number, not {args.length_penalty}")
+    if (args.ensemble_with or args.ensemble_weights) and args.task != "caption":
+        p.error(f"--ensemble-with and --ensemble-weights are for --task caption, not --task {args.task}")
+    if args.ensemble_weights is not None:
+        try:
+            args.ensemble_weights = [float(w) for w in args.ensemble_weights.split(",")]
+        except ValueError:
+            p.error(f"--ensemble-weights must be numbers separated by commas, not {args.ensemble_weights!r}")
+        if len(args.ensemble_weights) != 1 + len(args.ensemble_with):
+            p.error(f"--ensemble-weights gives {len(args.ensemble_weights)} weights for "
+                    f"{1 + len(args.ensemble_with)} captioners (--model and each --ensemble-with)")
     return args
 
 
@@ -167,12 +184,40 @@ def evaluate_caption(args, split, out: Path) -> dict:
     if missing:
         raise DatasetError(f"--metrics {args.metrics} cannot run here: " + "; ".join(missing))
     model, tokenizer, processor = load_captioner(args.model)
+    details = {}
+    if args.ensemble_with:
+        model = ensemble_of(model, tokenizer, processor, args.ensemble_with, args.ensemble_weights)
+        details = {"ensemble": [str(args.model), *map(str, args.ensemble_with)],
+                   "ensemble_weights": [math.exp(w) for w in model.log_weights.tolist()]}
     if args.max_samples:
         split = split.select(range(min(args.max_samples, split.num_rows)))
     return write_caption_report(
         model.eval(), tokenizer, processor, split, out, batch_size=args.batch_size, num_beams=args.num_beams,
         length_penalty=args.length_penalty, metrics_mode=args.metrics, attention_examples=args.examples,
+        details=details,
     )
+
+
+def ensemble_of(model, tokenizer, processor, folders: list[str], weights: list[float] | None):
+    """``--model`` and the ``--ensemble-with`` captioners as one ``CaptionEnsemble``."""
+    from models.caption_ensemble import CaptionEnsemble
+    from models.captioner import load_captioner
+
+    members, tokenizers = [model], [tokenizer]
+    for folder in folders:
+        if not Path(folder).is_dir():
+            raise DatasetError(f"--ensemble-with {folder}: no such model folder")
+        wrong = model_type_error(Path(folder), "caption", flag="--ensemble-with")
+        if wrong:
+            raise DatasetError(wrong)
+        member, member_tokenizer, member_processor = load_captioner(folder)
+        if member_processor.to_dict() != processor.to_dict():
+            raise DatasetError(f"--ensemble-with {folder}: its image processor differs from --model's "
+                               f"({member_processor.to_dict()} vs {processor.to_dict()}); the captioners of an "
+                               "ensemble read the same pixels, so train them at the same image size")
+        members.append(member)
+        tokenizers.append(member_tokenizer)
+    return CaptionEnsemble.from_members(members, weights=weights, tokenizers=tokenizers)
 
 
 def evaluate_caption_seg(args, split, out: Path) -> dict:
@@ -203,19 +248,19 @@ def model_types() -> dict[str, tuple[str, ...]]:
             "caption-seg": (CaptionSegConfig.model_type,)}
 
 
-def model_type_error(folder: Path, task: str) -> str | None:
+def model_type_error(folder: Path, task: str, flag: str = "--model") -> str | None:
     """Why ``folder`` is not a model that ``--task task`` evaluates, read from its config.json before anything loads
     (a U-Net would otherwise load from a captioner's folder with freshly initialised weights); None when it is."""
     types = model_types()
     try:
         model_type = json.loads((folder / "config.json").read_text()).get("model_type")
     except (OSError, ValueError) as err:
-        return f"--model {folder}: no readable config.json ({err}); give a folder written by scripts/train.py"
+        return f"{flag} {folder}: no readable config.json ({err}); give a folder written by scripts/train.py"
     if model_type in types[task]:
         return None
     fits = [name for name, accepted in types.items() if model_type in accepted]
     hint = f" (that is a --task {fits[0]} model)" if fits else ""
-    return (f"--model {folder} holds a {model_type!r} model{hint}; --task {task} evaluates "
+    return (f"{flag} {folder} holds a {model_type!r} model{hint}; --task {task} evaluates "
             f"{' or '.join(repr(t) for t in types[task])} models")
 
 

@@ -111,8 +111,7 @@ def test_examples_by_image_id_or_row(seg_folder, tmp_path, cache_dir, capsys):
     assert "'validation_000009' is neither an image id nor a row index (0..2)" in capsys.readouterr().err
 
 
-@pytest.fixture
-def caption_folder(tmp_path, cache_dir):
+def save_small_captioner(folder, cache_dir, image_size=64, seed=0):
     from datasets_cfg import load_dataset_from_config
     from models.caption_tokenizer import train_caption_tokenizer
     from models.captioner import build_captioner, save_captioner
@@ -120,12 +119,17 @@ def caption_folder(tmp_path, cache_dir):
     captions = load_dataset_from_config("shapes", num_train=8, num_validation=0, num_test=0, image_size=64,
                                         cache_dir=cache_dir)["train"]["captions"]
     tokenizer = train_caption_tokenizer(captions)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model, processor = build_captioner(
-        tokenizer, "resnet10t", "lstm", image_size=64, encoder_options={"feature_stage": 3, "grid_size": 4},
+        tokenizer, "resnet10t", "lstm", image_size=image_size, encoder_options={"feature_stage": 3, "grid_size": 4},
         decoder_options={"hidden_size": 16, "embedding_size": 8, "attention_size": 8}, max_length=8, num_beams=2,
     )
-    return save_captioner(model, tokenizer, processor, tmp_path / "cap")
+    return save_captioner(model, tokenizer, processor, folder)
+
+
+@pytest.fixture
+def caption_folder(tmp_path, cache_dir):
+    return save_small_captioner(tmp_path / "cap", cache_dir)
 
 
 def test_caption_report_from_the_command_line(caption_folder, tmp_path, cache_dir, capsys):
@@ -186,3 +190,63 @@ def test_length_penalty_errors(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*argv, "--model", str(tmp_path), *SHAPES])
     assert message in capsys.readouterr().err
+
+
+def test_an_ensemble_of_one_captioner_twice_captions_as_it_does_alone(caption_folder, tmp_path, cache_dir):
+    common = [*SHAPES, "--cache-dir", cache_dir, "--examples", "1", "--num-beams", "2"]
+    assert main(["--task", "caption", "--model", str(caption_folder), *common, "--out", str(tmp_path / "alone")]) == 0
+    assert main(["--task", "caption", "--model", str(caption_folder), "--ensemble-with", str(caption_folder),
+                 *common, "--out", str(tmp_path / "twice"), "--ensemble-weights", "3,1"]) == 0
+    alone, twice = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("alone", "twice"))
+    assert twice["ensemble"] == [str(caption_folder)] * 2 and twice["ensemble_weights"] == pytest.approx([0.75, 0.25])
+    assert {k: twice[k] for k in alone} == alone
+    assert (tmp_path / "twice" / "predictions.jsonl").read_text() == (tmp_path / "alone" / "predictions.jsonl").read_text()
+    assert any((tmp_path / "twice" / "attention").iterdir())  # drawn from the first member's attention
+
+
+def test_an_ensemble_of_two_captioners_is_reported(caption_folder, tmp_path, cache_dir):
+    other = save_small_captioner(tmp_path / "other", cache_dir, seed=1)
+    out = tmp_path / "report"
+    assert main(["--task", "caption", "--model", str(caption_folder), "--ensemble-with", str(other), *SHAPES,
+                 "--cache-dir", cache_dir, "--examples", "0", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["ensemble"] == [str(caption_folder), str(other)]
+    assert metrics["ensemble_weights"] == pytest.approx([0.5, 0.5]) and metrics["num_images"] == 3
+    assert "| ensemble | " in (out / "metrics.md").read_text()
+
+
+def test_ensemble_members_that_do_not_fit_get_one_error_line(caption_folder, seg_folder, tmp_path, cache_dir, capsys):
+    smaller = save_small_captioner(tmp_path / "small", cache_dir, image_size=32)
+    cases = [
+        (tmp_path / "missing", "--ensemble-with " + str(tmp_path / "missing") + ": no such model folder"),
+        (seg_folder, "holds a 'captionseg_unet' model (that is a --task segment model)"),
+        (smaller, "its image processor differs from --model's"),
+    ]
+    for folder, message in cases:
+        capsys.readouterr()
+        assert main(["--task", "caption", "--model", str(caption_folder), "--ensemble-with", str(folder), *SHAPES,
+                     "--cache-dir", cache_dir, "--out", str(tmp_path / "report")]) == 2
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("error:")]  # besides the progress bars
+        assert "Traceback" not in err and len(errors) == 1, err
+        assert errors[0].startswith("error: --ensemble-with") and message in errors[0], errors
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--task", "caption", "--ensemble-with", "x", "--ensemble-weights", "1"], "gives 1 weights for 2 captioners"),
+    (["--task", "caption", "--ensemble-with", "x", "--ensemble-weights", "1,a"], "must be numbers separated by commas"),
+    (["--task", "segment", "--ensemble-with", "x"], "are for --task caption, not --task segment"),
+])
+def test_ensemble_flag_errors(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main([*argv, "--model", str(tmp_path), *SHAPES])
+    assert message in capsys.readouterr().err
+
+
+def test_bad_ensemble_weights_get_one_error_line(caption_folder, tmp_path, cache_dir, capsys):
+    assert main(["--task", "caption", "--model", str(caption_folder), "--ensemble-with", str(caption_folder),
+                 "--ensemble-weights", "0,0", *SHAPES, "--cache-dir", cache_dir, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in err and len(errors) == 1, err
+    assert "ensemble weights must be finite, non-negative and not all 0" in errors[0], errors
