@@ -187,8 +187,9 @@ def evaluate_caption(args, split, out: Path) -> dict:
     details = {}
     if args.ensemble_with:
         model = ensemble_of(model, tokenizer, processor, args.ensemble_with, args.ensemble_weights)
+        weights = args.ensemble_weights or [1.0] * len(model.members)
         details = {"ensemble": [str(args.model), *map(str, args.ensemble_with)],
-                   "ensemble_weights": [math.exp(w) for w in model.log_weights.tolist()]}
+                   "ensemble_weights": [w / sum(weights) for w in weights]}  # as the ensemble normalises them
     if args.max_samples:
         split = split.select(range(min(args.max_samples, split.num_rows)))
     return write_caption_report(
