@@ -24,6 +24,9 @@ captions sampled from the model, rewarded by their CIDEr-D against the training 
 best model, on the same cached features (the first phase's feature files are copied, not recomputed);
 ``--phase1-minutes`` ends the first phase early to leave the rest of ``--minutes`` to it.
 
+Two runs' best models caption as one ensemble with ``scripts/evaluate.py --task caption --model A/best
+--ensemble-with B/best`` (benchmarks/README.md, session 19, gives the whole command).
+
 The training budget is wall time from the first step and includes the validations on the 1000 dev images (the
 best of which is kept, selected by CIDEr); the final evaluation of that best model comes on top and is timed
 separately. The table gives the validation curve against wall time (``history.jsonl``'s ``elapsed_min``) next to
