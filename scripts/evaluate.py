@@ -93,9 +93,14 @@ def parse_args(argv=None) -> argparse.Namespace:
             args.ensemble_weights = [float(w) for w in args.ensemble_weights.split(",")]
         except ValueError:
             p.error(f"--ensemble-weights must be numbers separated by commas, not {args.ensemble_weights!r}")
+        if not args.ensemble_with:
+            p.error("--ensemble-weights weighs the captioners of an ensemble: give --ensemble-with FOLDER too")
         if len(args.ensemble_weights) != 1 + len(args.ensemble_with):
             p.error(f"--ensemble-weights gives {len(args.ensemble_weights)} weights for "
                     f"{1 + len(args.ensemble_with)} captioners (--model and each --ensemble-with)")
+        w = args.ensemble_weights
+        if not all(math.isfinite(x) and x >= 0 for x in w) or sum(w) <= 0:
+            p.error(f"--ensemble-weights must be finite, non-negative and not all 0, not {w}")
     return args
 
 
@@ -205,12 +210,7 @@ def ensemble_of(model, tokenizer, processor, folders: list[str], weights: list[f
     from models.captioner import load_captioner
 
     members, tokenizers = [model], [tokenizer]
-    for folder in folders:
-        if not Path(folder).is_dir():
-            raise DatasetError(f"--ensemble-with {folder}: no such model folder")
-        wrong = model_type_error(Path(folder), "caption", flag="--ensemble-with")
-        if wrong:
-            raise DatasetError(wrong)
+    for folder in folders:  # each folder's existence and model type were checked in main()
         member, member_tokenizer, member_processor = load_captioner(folder)
         if member_processor.to_dict() != processor.to_dict():
             raise DatasetError(f"--ensemble-with {folder}: its image processor differs from --model's "
@@ -271,6 +271,11 @@ def main(argv=None) -> int:
         print(f"error: --model {args.model}: no such model folder", file=sys.stderr)
         return 2
     wrong = model_type_error(Path(args.model), args.task)
+    for folder in args.ensemble_with:  # before the dataset loads, as for --model
+        if wrong:
+            break
+        wrong = (f"--ensemble-with {folder}: no such model folder" if not Path(folder).is_dir()
+                 else model_type_error(Path(folder), "caption", flag="--ensemble-with"))
     if wrong:
         print(f"error: {wrong}", file=sys.stderr)
         return 2

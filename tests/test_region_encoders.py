@@ -239,6 +239,7 @@ def test_feature_cache_key_follows_the_images_not_the_dataset_fingerprint(cache_
     key = encoder_feature_cache.features_key
     assert key(encoder, processor, same_images) == key(encoder, processor, data)
     assert key(encoder, processor, data.select([0, 1])) != key(encoder, processor, data)
+    assert key(encoder, processor, data.select([0, 0, 2])) != key(encoder, processor, data)  # one photo replaced
     assert key(encoder, processor, data.select([1, 0, 2])) != key(encoder, processor, data)
     with pytest.raises(ValueError, match="datasets.Dataset"):
         key(encoder, processor, list(data))
